@@ -1,0 +1,230 @@
+package gormbatch
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"math"
+	"reflect"
+	"strings"
+	"sync"
+	"time"
+	"unsafe"
+	"weak"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+// MySQL and MariaDB server cancel.
+//
+// go-sql-driver/mysql cancels a query by closing its socket: the server
+// keeps running the query and the connection is lost. Instead, gormbatch
+// pins each batch query's connection, learns its server thread id once per
+// physical connection, hides the soft deadline from the driver, and when the
+// query's context ends it kills the statement from a reserved connection
+// outside the application's pool:
+//
+//   - MariaDB: KILL QUERY ID <query_id>, with the query id read from
+//     PROCESSLIST for that thread. A query id names one statement, so a late
+//     kill answers "unknown query id" instead of hitting the next one.
+//   - MySQL: KILL QUERY <thread id>, sent while the statement lock is held, so
+//     no later statement can have started on that connection; a kill that
+//     lands on an idle thread is cleared when its next command starts.
+//
+// If the kill cannot be sent or the statement does not return within
+// Config.KillGrace, the driver's context is cancelled (socket closed,
+// connection discarded): Wait is never held longer than deadline + grace.
+
+const (
+	erQueryInterrupted  = 1317 // ER_QUERY_INTERRUPTED: KILL QUERY
+	erStatementTimeout  = 1969 // MariaDB ER_STATEMENT_TIMEOUT: max_statement_time
+	erQueryTimeout      = 3024 // MySQL ER_QUERY_TIMEOUT: MAX_EXECUTION_TIME
+	erUnknownQueryID    = 1957 // MariaDB ER_NO_SUCH_QUERY: KILL QUERY ID of a finished query
+	erNoSuchThread      = 1094 // ER_NO_SUCH_THREAD: the thread is gone
+	adminPoolSize       = 2
+	idCacheSweepAtLeast = 64
+)
+
+func supportsServerCancel(dialect string) bool { return dialect == "mysql" }
+
+// isServerTimeout reports a statement stopped by its server-side time limit.
+func isServerTimeout(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && (me.Number == erStatementTimeout || me.Number == erQueryTimeout)
+}
+
+// server is what gormbatch knows of one MySQL/MariaDB server (one pool):
+// its flavour, a reserved admin pool for kills, and the thread id of each
+// physical connection it has seen.
+type server struct {
+	pool *sql.DB
+
+	once    sync.Once
+	err     error
+	mariadb bool
+	admin   *sql.DB
+
+	mu  sync.Mutex
+	ids map[weak.Pointer[byte]]int64
+}
+
+// target is a thread on a server: what a kill needs.
+type target struct {
+	s  *server
+	id int64
+}
+
+func (p *Plugin) server(pool *sql.DB) *server {
+	s, _ := p.servers.LoadOrStore(pool, &server{pool: pool, ids: map[weak.Pointer[byte]]int64{}})
+	return s.(*server)
+}
+
+// Close closes the reserved kill connections the plugin opened. Call it when
+// closing the *gorm.DB; batches started afterwards reopen them.
+func (p *Plugin) Close() error {
+	var errs []error
+	p.servers.Range(func(k, v any) bool {
+		p.servers.Delete(k)
+		if s := v.(*server); s.admin != nil {
+			errs = append(errs, s.admin.Close())
+		}
+		return true
+	})
+	return errors.Join(errs...)
+}
+
+// init detects the flavour and opens the admin pool, once per server.
+func (s *server) init(ctx context.Context, conn *sql.Conn) error {
+	s.once.Do(func() {
+		var version string
+		if s.err = conn.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); s.err != nil {
+			return
+		}
+		s.mariadb = strings.Contains(strings.ToLower(version), "mariadb")
+		c, err := connectorOf(s.pool)
+		if err != nil {
+			s.err = err
+			return
+		}
+		s.admin = sql.OpenDB(c)
+		s.admin.SetMaxOpenConns(adminPoolSize)
+		s.admin.SetMaxIdleConns(adminPoolSize)
+		s.err = s.admin.PingContext(ctx)
+	})
+	return s.err
+}
+
+// bind returns the target for a pinned connection, asking the server for
+// the connection's thread id only the first time it sees the physical
+// connection.
+func (s *server) bind(ctx context.Context, conn *sql.Conn) (*target, error) {
+	if err := s.init(ctx, conn); err != nil {
+		return nil, fmt.Errorf("gormbatch: server cancel setup: %w", err)
+	}
+	var key weak.Pointer[byte]
+	if err := conn.Raw(func(dc any) error {
+		// The driver connection's address identifies the physical
+		// connection; a weak pointer never matches a later connection that
+		// reuses the address.
+		key = weak.Make((*byte)(unsafe.Pointer(reflect.ValueOf(dc).Pointer())))
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	id, ok := s.ids[key]
+	s.mu.Unlock()
+	if ok {
+		return &target{s: s, id: id}, nil
+	}
+	if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if len(s.ids) >= idCacheSweepAtLeast && len(s.ids)%idCacheSweepAtLeast == 0 {
+		for k := range s.ids {
+			if k.Value() == nil {
+				delete(s.ids, k)
+			}
+		}
+	}
+	s.ids[key] = id
+	s.mu.Unlock()
+	return &target{s: s, id: id}, nil
+}
+
+// kill stops the statement running on the target thread. It reports
+// whether a kill was delivered; false with a nil error means nothing was
+// running.
+func (t *target) kill(ctx context.Context) (bool, error) {
+	if !t.s.mariadb {
+		_, err := t.s.admin.ExecContext(ctx, fmt.Sprintf("KILL QUERY %d", t.id))
+		if isMySQLError(err, erNoSuchThread) {
+			return false, nil
+		}
+		return err == nil, err
+	}
+	var qid int64
+	err := t.s.admin.QueryRowContext(ctx,
+		"SELECT QUERY_ID FROM information_schema.PROCESSLIST WHERE ID = ? AND COMMAND IN ('Query', 'Execute')", t.id).Scan(&qid)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	_, err = t.s.admin.ExecContext(ctx, fmt.Sprintf("KILL QUERY ID %d", qid))
+	if isMySQLError(err, erUnknownQueryID) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// withDeadline adds the server-side time limit to a read statement:
+// MariaDB SET STATEMENT max_statement_time, MySQL's MAX_EXECUTION_TIME hint
+// (top-level SELECT only). Other statements are sent unchanged.
+func (t *target) withDeadline(query string, remaining time.Duration) string {
+	ms := int64(math.Ceil(float64(remaining) / float64(time.Millisecond)))
+	if ms < 1 {
+		ms = 1
+	}
+	head := strings.ToUpper(strings.TrimLeft(query, " \t\r\n("))
+	isSelect := strings.HasPrefix(head, "SELECT")
+	if t.s.mariadb {
+		if isSelect || strings.HasPrefix(head, "WITH") {
+			return fmt.Sprintf("SET STATEMENT max_statement_time=%d.%03d FOR %s", ms/1000, ms%1000, query)
+		}
+		return query
+	}
+	if !isSelect || strings.Contains(query, "/*+") {
+		return query
+	}
+	i := strings.Index(strings.ToUpper(query), "SELECT") + len("SELECT")
+	return fmt.Sprintf("%s /*+ MAX_EXECUTION_TIME(%d) */%s", query[:i], ms, query[i:])
+}
+
+func isMySQLError(err error, number uint16) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && me.Number == number
+}
+
+// connectorOf returns the connector of a *sql.DB, so the admin pool opens
+// connections to the same server with the same credentials, outside the
+// application's pool (and under dbresolver, to the replica whose pool it
+// is). database/sql does not export it; the field has been stable since Go
+// 1.10, and a change is reported as an error, never a panic.
+func connectorOf(db *sql.DB) (driver.Connector, error) {
+	f := reflect.ValueOf(db).Elem().FieldByName("connector")
+	if !f.IsValid() || f.Type() != reflect.TypeFor[driver.Connector]() {
+		return nil, fmt.Errorf("%w: cannot reach the pool's connector", ErrUnsupported)
+	}
+	c, _ := reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Interface().(driver.Connector)
+	if c == nil {
+		return nil, fmt.Errorf("%w: pool has no connector", ErrUnsupported)
+	}
+	// Wrap it so closing the admin pool never closes the application's
+	// connector (sql.DB.Close closes connectors that are io.Closers).
+	return struct{ driver.Connector }{c}, nil
+}
