@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 	"weak"
@@ -59,7 +60,9 @@ func isServerTimeout(err error) bool {
 // its flavour, a reserved admin pool for kills, and the thread id of each
 // physical connection it has seen.
 type server struct {
-	pool *sql.DB
+	pool       *sql.DB
+	threadKill bool // use the MySQL kill on MariaDB too (tests)
+	lookups    atomic.Int64
 
 	once    sync.Once
 	err     error
@@ -77,7 +80,7 @@ type target struct {
 }
 
 func (p *Plugin) server(pool *sql.DB) *server {
-	s, _ := p.servers.LoadOrStore(pool, &server{pool: pool, ids: map[weak.Pointer[byte]]int64{}})
+	s, _ := p.servers.LoadOrStore(pool, &server{pool: pool, threadKill: p.threadKill, ids: map[weak.Pointer[byte]]int64{}})
 	return s.(*server)
 }
 
@@ -102,7 +105,7 @@ func (s *server) init(ctx context.Context, conn *sql.Conn) error {
 		if s.err = conn.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); s.err != nil {
 			return
 		}
-		s.mariadb = strings.Contains(strings.ToLower(version), "mariadb")
+		s.mariadb = strings.Contains(strings.ToLower(version), "mariadb") && !s.threadKill
 		c, err := connectorOf(s.pool)
 		if err != nil {
 			s.err = err
@@ -139,6 +142,7 @@ func (s *server) bind(ctx context.Context, conn *sql.Conn) (*target, error) {
 	if ok {
 		return &target{s: s, id: id}, nil
 	}
+	s.lookups.Add(1)
 	if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
 		return nil, err
 	}

@@ -107,7 +107,7 @@ func (q *query) exec(parent context.Context, batchStart time.Time) {
 // or restores destinations. cause is the context's cause when the run
 // returned, nil if it was not done.
 func (q *query) finish(err error, pv any, stack []byte, cause error) {
-	r := Result{Name: q.name, Optional: q.optional, Rows: q.rows}
+	r := Result{Name: q.name, Optional: q.optional, Rows: q.rows, Killed: q.killed}
 	cut := cause != nil && (q.interfered || q.killed || err != nil)
 	switch {
 	case pv != nil:
@@ -191,8 +191,8 @@ func (q *query) scan(tx *gorm.DB, dest any) error {
 // frame is a statement in progress: what the Before callback replaced, for
 // the After callback to put back.
 type frame struct {
-	stmt *gorm.Statement
-	pool gorm.ConnPool
+	stmt  *gorm.Statement
+	pool  gorm.ConnPool
 	dest  any
 	priv  reflect.Value // private destination, if swapped
 	model bool          // Statement.Model was the destination and was swapped too

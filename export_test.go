@@ -1,0 +1,22 @@
+package gormbatch
+
+import "time"
+
+// Test hooks.
+
+// UseThreadKill makes p kill by thread id (the MySQL strategy) on MariaDB
+// too, so both strategies run against the test server.
+func UseThreadKill(p *Plugin) { p.threadKill = true }
+
+// IDLookups returns how many times p asked a server for a connection id.
+func IDLookups(p *Plugin) (n int64) {
+	p.servers.Range(func(_, v any) bool { n += v.(*server).lookups.Load(); return true })
+	return n
+}
+
+// Rewrite returns query with the server-side deadline as p would send it
+// to a MariaDB (mariadb) or MySQL server.
+func Rewrite(mariadb bool, query string, remainingMS int) string {
+	t := &target{s: &server{mariadb: mariadb}}
+	return t.withDeadline(query, time.Duration(remainingMS)*time.Millisecond)
+}
