@@ -53,7 +53,7 @@ type Result struct {
 	Waited   time.Duration
 	Ran      time.Duration
 	Rows     int64  // rows read by its top-level statements
-	Killed   bool   // a server-side kill was sent for one of its statements
+	Killed   bool   // a server-side kill was sent (or attempted) for one of its statements
 	Stack    []byte // set when Panicked
 }
 

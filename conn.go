@@ -76,7 +76,7 @@ func (q *query) onCancel() {
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	killed, err := p.target.kill(ctx)
 	cancel()
-	q.killed = q.killed || killed || err != nil
+	q.killed = q.killed || killed || err != nil // an undelivered kill may still land
 	q.mu.Unlock()
 	if err != nil {
 		q.hardStop(err)

@@ -44,7 +44,7 @@ const (
 	erQueryTimeout      = 3024 // MySQL ER_QUERY_TIMEOUT: MAX_EXECUTION_TIME
 	erUnknownQueryID    = 1957 // MariaDB ER_NO_SUCH_QUERY: KILL QUERY ID of a finished query
 	erNoSuchThread      = 1094 // ER_NO_SUCH_THREAD: the thread is gone
-	adminPoolSize       = 2
+	adminPoolSize       = 4
 	idCacheSweepAtLeast = 64
 )
 

@@ -181,9 +181,13 @@ func (q *query) scan(tx *gorm.DB, dest any) error {
 		priv = reflect.New(v.Type())
 	}
 	priv.Elem().Set(fresh(reflect.Indirect(v)))
-	if err := tx.Scan(priv.Interface()).Error; err != nil {
-		return err
+	res := tx.Scan(priv.Interface())
+	if res.Error != nil {
+		return res.Error
 	}
+	q.mu.Lock()
+	q.rows += res.RowsAffected
+	q.mu.Unlock()
 	q.onDone(func() { setValue(v, priv.Elem()) })
 	return nil
 }
@@ -246,7 +250,7 @@ func (q *query) leave(db *gorm.DB, over bool) {
 	if db.Error != nil && q.ctx.Err() != nil {
 		q.interfered = true
 	}
-	if top && db.Error == nil {
+	if top && db.Error == nil && db.RowsAffected > 0 { // Row statements report -1
 		q.rows += db.RowsAffected
 	}
 	q.mu.Unlock()
