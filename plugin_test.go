@@ -261,7 +261,7 @@ func TestFailFast(t *testing.T) {
 	rep := run(true)
 	status(t, rep, "bad", gormbatch.Failed)
 	r := status(t, rep, "slowish", gormbatch.Canceled)
-	if !errors.Is(r.Err, gormbatch.ErrFailFast) {
+	if !errors.Is(r.Err, gormbatch.ErrFailFast) || !errors.Is(r.Err, context.Canceled) {
 		t.Fatalf("slowish err %v, want ErrFailFast", r.Err)
 	}
 	if q, _ := rep.Get("queued"); q.Status != gormbatch.Skipped && q.Status != gormbatch.Canceled {

@@ -117,6 +117,9 @@ func (q *query) finish(err error, pv any, stack []byte, cause error) {
 	case cut && errors.Is(cause, context.DeadlineExceeded):
 		r.Status, r.Err = TimedOut, wrapCause(cause, err)
 	case cut:
+		if !errors.Is(cause, context.Canceled) { // a custom cause: keep errors.Is(err, context.Canceled)
+			cause = fmt.Errorf("%w: %w", cause, context.Canceled)
+		}
 		r.Status, r.Err = Canceled, wrapCause(cause, err)
 	case isServerTimeout(err):
 		r.Status, r.Err = TimedOut, fmt.Errorf("%w: server statement limit: %w", context.DeadlineExceeded, err)
