@@ -17,6 +17,6 @@ func IDLookups(p *Plugin) (n int64) {
 // Rewrite returns query with the server-side deadline as p would send it
 // to a MariaDB (mariadb) or MySQL server.
 func Rewrite(mariadb bool, query string, remainingMS int) string {
-	t := &target{s: &server{mariadb: mariadb}}
+	t := &target{s: &server{mariadb: mariadb, limits: true}}
 	return t.withDeadline(query, time.Duration(remainingMS)*time.Millisecond)
 }

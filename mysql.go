@@ -67,6 +67,7 @@ type server struct {
 	once    sync.Once
 	err     error
 	mariadb bool
+	limits  bool // the server supports a per-statement time limit
 	admin   *sql.DB
 
 	mu  sync.Mutex
@@ -106,6 +107,12 @@ func (s *server) init(ctx context.Context, conn *sql.Conn) error {
 			return
 		}
 		s.mariadb = strings.Contains(strings.ToLower(version), "mariadb") && !s.threadKill
+		// SET STATEMENT max_statement_time: MariaDB 10.1.2; the
+		// MAX_EXECUTION_TIME hint: MySQL 5.7.8.
+		var major, minor, patch int
+		fmt.Sscanf(version, "%d.%d.%d", &major, &minor, &patch)
+		v := major*10000 + minor*100 + patch
+		s.limits = s.mariadb && v >= 100102 || !s.mariadb && v >= 50708
 		c, err := connectorOf(s.pool)
 		if err != nil {
 			s.err = err
@@ -190,6 +197,9 @@ func (t *target) kill(ctx context.Context) (bool, error) {
 // MariaDB SET STATEMENT max_statement_time, MySQL's MAX_EXECUTION_TIME hint
 // (top-level SELECT only). Other statements are sent unchanged.
 func (t *target) withDeadline(query string, remaining time.Duration) string {
+	if !t.s.limits {
+		return query
+	}
 	ms := int64(math.Ceil(float64(remaining) / float64(time.Millisecond)))
 	if ms < 1 {
 		ms = 1

@@ -3,6 +3,7 @@ package gormbatch_test
 import (
 	"context"
 	"errors"
+	"runtime"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -350,9 +351,10 @@ func TestPanic(t *testing.T) {
 	rep, err := gormbatch.From(db).
 		Find(&booms, gormbatch.As("hook")).
 		Go("closure", func(tx *gorm.DB) error { panic("boom in closure") }).
+		Go("goexit", func(tx *gorm.DB) error { tx.Find(&[]User{}); runtime.Goexit(); return nil }).
 		Find(&users, gormbatch.As("ok")).
 		Wait()
-	for _, name := range []string{"hook", "closure"} {
+	for _, name := range []string{"hook", "closure", "goexit"} {
 		r := status(t, rep, name, gormbatch.Panicked)
 		if !errors.Is(r.Err, gormbatch.ErrPanicked) || len(r.Stack) == 0 {
 			t.Fatalf("%s: err %v, stack %d bytes", name, r.Err, len(r.Stack))

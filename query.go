@@ -82,25 +82,26 @@ func (q *query) exec(parent context.Context, batchStart time.Time) {
 			fmt.Errorf("query timeout %v: %w", q.timeout, context.DeadlineExceeded))
 		defer stop()
 	}
-	var (
-		err   error
-		pv    any
-		stack []byte
-	)
-	func() {
-		defer func() {
-			if pv = recover(); pv != nil {
-				stack = debug.Stack()
-			}
-		}()
-		err = q.run(q.tx.WithContext(q.ctx), q)
+	var err error
+	returned := false
+	// Deferred, so it also runs on runtime.Goexit (t.FailNow in a closure).
+	defer func() {
+		pv := recover()
+		var stack []byte
+		if pv == nil && !returned {
+			pv = "runtime.Goexit called"
+		}
+		if pv != nil {
+			stack = debug.Stack()
+		}
+		cause := context.Cause(q.ctx) // read before release cancels it
+		q.release()
+		q.finish(err, pv, stack, cause)
+		q.res.Waited = started.Sub(batchStart) + q.connWait
+		q.res.Ran = time.Since(started) - q.connWait
 	}()
-	// Read the context before release cancels it.
-	cause := context.Cause(q.ctx)
-	q.release()
-	q.finish(err, pv, stack, cause)
-	q.res.Waited = started.Sub(batchStart) + q.connWait
-	q.res.Ran = time.Since(started) - q.connWait
+	err = q.run(q.tx.WithContext(q.ctx), q)
+	returned = true
 }
 
 // finish decides the status (the only place that does) and then publishes
