@@ -44,7 +44,7 @@ const (
 	erQueryTimeout      = 3024 // MySQL ER_QUERY_TIMEOUT: MAX_EXECUTION_TIME
 	erUnknownQueryID    = 1957 // MariaDB ER_NO_SUCH_QUERY: KILL QUERY ID of a finished query
 	erNoSuchThread      = 1094 // ER_NO_SUCH_THREAD: the thread is gone
-	adminPoolSize       = 4
+	adminPoolSize       = 2
 	idCacheSweepAtLeast = 64
 )
 
@@ -121,7 +121,20 @@ func (s *server) init(ctx context.Context, conn *sql.Conn) error {
 		s.admin = sql.OpenDB(c)
 		s.admin.SetMaxOpenConns(adminPoolSize)
 		s.admin.SetMaxIdleConns(adminPoolSize)
-		s.err = s.admin.PingContext(ctx)
+		// Open them all now: a kill must not wait for a connect, and
+		// cancels must not show up as new connections later.
+		var conns []*sql.Conn
+		for range adminPoolSize {
+			c, err := s.admin.Conn(ctx)
+			if err != nil {
+				s.err = err
+				break
+			}
+			conns = append(conns, c)
+		}
+		for _, c := range conns {
+			c.Close()
+		}
 	})
 	return s.err
 }

@@ -233,7 +233,9 @@ func TestMySQLKilledIsNotDone(t *testing.T) {
 func TestMySQLForeignKill(t *testing.T) {
 	db, sqlDB, _ := openMySQL(t, gormbatch.Config{})
 	tg := tag(t)
+	killer := make(chan struct{})
 	go func() {
+		defer close(killer)
 		for range 200 {
 			time.Sleep(10 * time.Millisecond)
 			var id int64
@@ -251,6 +253,7 @@ func TestMySQLForeignKill(t *testing.T) {
 	if !errors.As(err, &me) || me.Number != 1317 || r.Killed {
 		t.Fatalf("err %v, killed %v", err, r.Killed)
 	}
+	<-killer // it uses the same pool
 	checkPool(t, sqlDB)
 }
 

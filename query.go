@@ -68,8 +68,8 @@ type query struct {
 
 // skip ends a query that never started.
 func (q *query) skip(ctx context.Context, batchStart time.Time) {
-	q.res = Result{Name: q.name, Optional: q.optional, Status: Skipped,
-		Err: fmt.Errorf("%w: %w", ErrSkipped, context.Cause(ctx)), Waited: time.Since(batchStart)}
+	q.finish(outcome{cause: context.Cause(ctx)})
+	q.res.Waited = time.Since(batchStart)
 }
 
 // exec runs the query on the calling goroutine and ends it.
@@ -96,7 +96,7 @@ func (q *query) exec(parent context.Context, batchStart time.Time) {
 		}
 		cause := context.Cause(q.ctx) // read before release cancels it
 		q.release()
-		q.finish(err, pv, stack, cause)
+		q.finish(outcome{started: true, err: err, panicked: pv, stack: stack, cause: cause})
 		q.res.Waited = started.Sub(batchStart) + q.connWait
 		q.res.Ran = time.Since(started) - q.connWait
 	}()
@@ -104,16 +104,31 @@ func (q *query) exec(parent context.Context, batchStart time.Time) {
 	returned = true
 }
 
+// outcome is how a query's run ended, as finish needs it.
+type outcome struct {
+	started  bool   // false: it never got a slot
+	err      error  // what the query returned
+	panicked any    // recovered panic value
+	stack    []byte // stack of the panic
+	cause    error  // its context's cause when it returned; nil if not done
+}
+
 // finish decides the status (the only place that does) and then publishes
-// or restores destinations. cause is the context's cause when the run
-// returned, nil if it was not done.
-func (q *query) finish(err error, pv any, stack []byte, cause error) {
-	r := Result{Name: q.name, Optional: q.optional, Rows: q.rows, Killed: q.killed}
+// or restores destinations.
+func (q *query) finish(o outcome) {
+	r := Result{Name: q.name, Optional: q.optional, Rows: q.rows}
+	err, cause := o.err, o.cause
 	cut := cause != nil && (q.interfered || q.killed || err != nil)
 	switch {
-	case pv != nil:
-		r.Status, r.Err, r.Stack = Panicked, fmt.Errorf("%w: %v", ErrPanicked, pv), stack
-	case err == nil && !q.killed && !q.interfered:
+	case !o.started:
+		r.Status, r.Err = Skipped, fmt.Errorf("%w: %w", ErrSkipped, cause)
+	case o.panicked != nil:
+		r.Status, r.Err, r.Stack = Panicked, fmt.Errorf("%w: %v", ErrPanicked, o.panicked), o.stack
+	case err == nil && !cut:
+		// Returned before its context ended, or ended without anything
+		// cut or killed. A kill racing in after the run returned (the
+		// watcher fired at the deadline just then) cannot change results
+		// already read.
 		r.Status = Done
 	case cut && errors.Is(cause, context.DeadlineExceeded):
 		r.Status, r.Err = TimedOut, wrapCause(cause, err)
@@ -124,13 +139,10 @@ func (q *query) finish(err error, pv any, stack []byte, cause error) {
 		r.Status, r.Err = Canceled, wrapCause(cause, err)
 	case isServerTimeout(err):
 		r.Status, r.Err = TimedOut, fmt.Errorf("%w: server statement limit: %w", context.DeadlineExceeded, err)
-	case err == nil:
-		// Killed or cut, but the context is not done: cannot happen, as
-		// both need a done context; never report it Done.
-		r.Status, r.Err = Failed, errors.New("gormbatch: statement interrupted")
 	default:
 		r.Status, r.Err = Failed, err
 	}
+	r.Killed = q.killed && r.Status != Done
 	if r.Status == Done {
 		for _, f := range q.publish {
 			f()
