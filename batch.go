@@ -407,12 +407,6 @@ func (b *Batch) run(qs []*query) (*Report, error) {
 			failOnce.Do(func() { cancelCause(fmt.Errorf("%w: %s %s", ErrFailFast, q.name, q.res.Status)) })
 		}
 	}
-	for _, q := range qs {
-		// Each query gets its own session, made here on one goroutine: the
-		// chain given to From is only read, never shared while running.
-		q.tx = b.db.Session(&gorm.Session{Context: ctx})
-	}
-
 	if isTx(b.db) {
 		// One connection: run one at a time, in order, under the deadline.
 		for _, q := range qs {
@@ -420,7 +414,8 @@ func (b *Batch) run(qs []*query) (*Report, error) {
 				q.skip(ctx, start)
 				continue
 			}
-			q.exec(ctx, start)
+			q.start(ctx, b.db)
+			q.exec(start)
 			fail(q)
 		}
 	} else {
@@ -444,6 +439,7 @@ func (b *Batch) run(qs []*query) (*Report, error) {
 				q.skip(ctx, start)
 				continue
 			}
+			q.start(ctx, b.db)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -451,7 +447,7 @@ func (b *Batch) run(qs []*query) (*Report, error) {
 				if global != nil {
 					defer global.Release(1)
 				}
-				q.exec(ctx, start)
+				q.exec(start)
 				fail(q)
 			}()
 		}

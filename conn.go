@@ -14,6 +14,7 @@ type pin struct {
 	conn   *sql.Conn
 	target *target // server identity for kills; nil without server cancel
 	sc     *stmtConn
+	killed bool // a kill was sent to its thread
 }
 
 // errKillTimeout is the cause given to the driver's context when a killed
@@ -60,24 +61,28 @@ func (q *query) watch() {
 	q.stopWatch = context.AfterFunc(q.ctx, q.onCancel)
 }
 
-// onCancel runs once when the soft context ends while the query runs.
+// onCancel runs once, on its own goroutine, when the soft context ends.
+// From then on begin refuses new statements, and release waits for onCancel
+// before any connection goes back to the pool, so the kill can reach only
+// the statement that was running; the lock is held just to read it.
 func (q *query) onCancel() {
 	defer close(q.watchDone)
 	t0 := time.Now()
 	grace := q.p.cfg.KillGrace
 	q.mu.Lock()
 	p := q.active
+	q.mu.Unlock()
 	if p == nil || p.target == nil {
-		q.mu.Unlock()
 		return
 	}
-	// Kill under the lock: no new statement can start on this connection
-	// until the kill has been answered, so it cannot hit the next one.
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	killed, err := p.target.kill(ctx)
 	cancel()
-	q.killed = q.killed || killed || err != nil // an undelivered kill may still land
-	q.mu.Unlock()
+	if killed || err != nil { // an undelivered kill may still land
+		q.mu.Lock()
+		q.killed, p.killed = true, true
+		q.mu.Unlock()
+	}
 	if err != nil {
 		q.hardStop(err)
 		return

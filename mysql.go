@@ -206,6 +206,20 @@ func (t *target) kill(ctx context.Context) (bool, error) {
 	return err == nil, err
 }
 
+// consume clears a kill that may have reached the thread after its
+// statement ended (MySQL bug #45679) before the connection is reused: the
+// server either reports the pending kill on this statement or has already
+// cleared it. Only the thread-id kill needs it; a query-id kill cannot
+// outlive its statement.
+func (t *target) consume(conn *sql.Conn, grace time.Duration) {
+	if t.s.mariadb {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	conn.ExecContext(ctx, "DO SLEEP(0)")
+}
+
 // withDeadline adds the server-side time limit to a read statement:
 // MariaDB SET STATEMENT max_statement_time, MySQL's MAX_EXECUTION_TIME hint
 // (top-level SELECT only). Other statements are sent unchanged.

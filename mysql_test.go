@@ -117,7 +117,7 @@ func settled(t testing.TB, db *gorm.DB, tag string) {
 		if n == 0 {
 			return
 		}
-		if i == 20 {
+		if i == 50 {
 			t.Fatalf("%d statements tagged %s still running on the server after Wait", n, tag)
 		}
 		time.Sleep(time.Millisecond)

@@ -39,10 +39,12 @@ type query struct {
 	timed    bool
 	run      func(tx *gorm.DB, q *query) error
 	p        *Plugin
-	tx       *gorm.DB // its own session, made by Wait
+	tx       *gorm.DB // its own session, made by start
 
-	ctx    context.Context // soft: batch deadline, own timeout, parent, fail-fast
-	cancel context.CancelCauseFunc
+	started   time.Time
+	ctx       context.Context // soft: batch deadline, own timeout, parent, fail-fast
+	cancel    context.CancelCauseFunc
+	stopTimer context.CancelFunc // its own timeout, if any
 
 	// touched by the query's goroutine and its kill watcher
 	mu         sync.Mutex
@@ -72,16 +74,22 @@ func (q *query) skip(ctx context.Context, batchStart time.Time) {
 	q.res.Waited = time.Since(batchStart)
 }
 
-// exec runs the query on the calling goroutine and ends it.
-func (q *query) exec(parent context.Context, batchStart time.Time) {
-	started := time.Now()
-	q.ctx, q.cancel = context.WithCancelCause(context.WithValue(parent, ctxKey{}, q))
+// start gives the query its context and session. It runs on Wait's
+// goroutine, so the *gorm.DB given to From is only ever read from one
+// goroutine; the query's timeout counts from here.
+func (q *query) start(parent context.Context, db *gorm.DB) {
+	q.started = time.Now()
+	base := context.WithValue(parent, ctxKey{}, q)
 	if q.timed {
-		var stop context.CancelFunc
-		q.ctx, stop = context.WithTimeoutCause(q.ctx, q.timeout,
+		base, q.stopTimer = context.WithTimeoutCause(base, q.timeout,
 			fmt.Errorf("query timeout %v: %w", q.timeout, context.DeadlineExceeded))
-		defer stop()
 	}
+	q.ctx, q.cancel = context.WithCancelCause(base)
+	q.tx = db.Session(&gorm.Session{Context: q.ctx})
+}
+
+// exec runs a started query on the calling goroutine and ends it.
+func (q *query) exec(batchStart time.Time) {
 	var err error
 	returned := false
 	// Deferred, so it also runs on runtime.Goexit (t.FailNow in a closure).
@@ -97,10 +105,10 @@ func (q *query) exec(parent context.Context, batchStart time.Time) {
 		cause := context.Cause(q.ctx) // read before release cancels it
 		q.release()
 		q.finish(outcome{started: true, err: err, panicked: pv, stack: stack, cause: cause})
-		q.res.Waited = started.Sub(batchStart) + q.connWait
-		q.res.Ran = time.Since(started) - q.connWait
+		q.res.Waited = q.started.Sub(batchStart) + q.connWait
+		q.res.Ran = time.Since(q.started) - q.connWait
 	}()
-	err = q.run(q.tx.WithContext(q.ctx), q)
+	err = q.run(q.tx, q)
 	returned = true
 }
 
@@ -180,7 +188,13 @@ func (q *query) release() {
 		q.hardStop(errEnded)
 	}
 	q.cancel(errEnded)
+	if q.stopTimer != nil {
+		q.stopTimer()
+	}
 	for _, p := range q.pins {
+		if p.killed {
+			p.target.consume(p.conn, q.p.cfg.KillGrace)
+		}
 		p.conn.Close()
 	}
 	q.pins = nil
