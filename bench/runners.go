@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/gormbatch/gormbatch"
+	"golang.org/x/sync/errgroup"
+	"gorm.io/gorm"
+)
+
+// job is one query of a batch: a primary-key point read (pk > 0), or raw
+// SQL scanned into an int64.
+type job struct {
+	pk  uint
+	sql string
+}
+
+func pointReads(ids ...uint) []job {
+	js := make([]job, len(ids))
+	for i, id := range ids {
+		js[i] = job{pk: id}
+	}
+	return js
+}
+
+func rawJobs(sql string, n int) []job {
+	js := make([]job, n)
+	for i := range js {
+		js[i] = job{sql: sql}
+	}
+	return js
+}
+
+// outcome is what one batch run tells the figures.
+type outcome struct {
+	elapsed   time.Duration // from the start of the deadline (Wait, or the naive context) to the return
+	total     time.Duration // including building the batch: what a caller pays
+	cancelled int           // queries cut by the deadline (or never started)
+	failed    int           // queries that failed on their own
+	firstErr  error         // the first own failure, for warnings
+}
+
+// runner runs one batch of jobs under a deadline.
+type runner func(jobs []job, timeout time.Duration) outcome
+
+// pluginRunner runs the batch with gormbatch: point reads through the Take
+// finder, raw SQL through Go closures.
+func pluginRunner(db *gorm.DB) runner {
+	return func(jobs []job, timeout time.Duration) outcome {
+		tb := time.Now()
+		b := gormbatch.From(db).Timeout(timeout)
+		dests := make([]Item, len(jobs))
+		for i, j := range jobs {
+			if j.pk > 0 {
+				b.Take(&dests[i], j.pk)
+				continue
+			}
+			b.Go(fmt.Sprintf("raw%d", i), func(tx *gorm.DB) error {
+				var n int64
+				return tx.Raw(j.sql).Scan(&n).Error
+			})
+		}
+		t0 := time.Now()
+		rep, err := b.Wait()
+		o := outcome{elapsed: time.Since(t0), total: time.Since(tb)}
+		if rep == nil {
+			o.failed, o.firstErr = len(jobs), err
+			return o
+		}
+		for _, r := range rep.Results {
+			switch r.Status {
+			case gormbatch.Done:
+			case gormbatch.TimedOut, gormbatch.Canceled, gormbatch.Skipped:
+				o.cancelled++
+			default:
+				o.failed++
+				if o.firstErr == nil {
+					o.firstErr = fmt.Errorf("%s %s: %w", r.Name, r.Status, r.Err)
+				}
+			}
+		}
+		return o
+	}
+}
+
+// naiveRunner is the baseline without the plugin: an errgroup whose
+// goroutines each run db.WithContext(ctx) under one context deadline.
+func naiveRunner(db *gorm.DB) runner {
+	return func(jobs []job, timeout time.Duration) outcome {
+		dests := make([]Item, len(jobs))
+		errs := make([]error, len(jobs))
+		t0 := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		var g errgroup.Group
+		for i, j := range jobs {
+			g.Go(func() error {
+				tx := db.WithContext(ctx)
+				if j.pk > 0 {
+					errs[i] = tx.Take(&dests[i], j.pk).Error
+				} else {
+					var n int64
+					errs[i] = tx.Raw(j.sql).Scan(&n).Error
+				}
+				return errs[i]
+			})
+		}
+		g.Wait()
+		o := outcome{elapsed: time.Since(t0)}
+		o.total = o.elapsed
+		for _, err := range errs {
+			switch {
+			case err == nil:
+			case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+				o.cancelled++
+			default:
+				o.failed++
+				if o.firstErr == nil {
+					o.firstErr = err
+				}
+			}
+		}
+		return o
+	}
+}
+
+// sequentialRunner runs the jobs one after another on db (no plugin), each
+// under the same deadline.
+func sequentialRunner(db *gorm.DB) runner {
+	return func(jobs []job, timeout time.Duration) outcome {
+		t0 := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		o := outcome{}
+		for _, j := range jobs {
+			tx := db.WithContext(ctx)
+			var err error
+			if j.pk > 0 {
+				var it Item
+				err = tx.Take(&it, j.pk).Error
+			} else {
+				var n int64
+				err = tx.Raw(j.sql).Scan(&n).Error
+			}
+			if err != nil {
+				o.failed++
+				if o.firstErr == nil {
+					o.firstErr = err
+				}
+			}
+		}
+		o.elapsed = time.Since(t0)
+		o.total = o.elapsed
+		return o
+	}
+}
