@@ -10,11 +10,12 @@ import (
 // pin is a connection checked out of one pool for one batch query. Every
 // statement of the query on that pool runs on it, and release returns it.
 type pin struct {
-	pool   *sql.DB
-	conn   *sql.Conn
-	target *target // server identity for kills; nil without server cancel
-	sc     *stmtConn
-	killed bool // a kill was sent to its thread
+	pool        *sql.DB
+	conn        *sql.Conn
+	target      *target // server identity for kills; nil without server cancel
+	sc          *stmtConn
+	killed      bool // a kill was sent to its thread
+	interrupted bool // a statement on it failed with ER_QUERY_INTERRUPTED
 }
 
 // errKillTimeout is the cause given to the driver's context when a killed

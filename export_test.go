@@ -4,13 +4,15 @@ import "time"
 
 // Test hooks.
 
-// UseThreadKill makes p kill by thread id (the MySQL strategy) on MariaDB
-// too, so both strategies run against the test server.
-func UseThreadKill(p *Plugin) { p.threadKill = true }
-
 // IDLookups returns how many times p asked a server for a connection id.
 func IDLookups(p *Plugin) (n int64) {
 	p.servers.Range(func(_, v any) bool { n += v.(*server).lookups.Load(); return true })
+	return n
+}
+
+// Consumed returns how many late kills p consumed with DO SLEEP(0).
+func Consumed(p *Plugin) (n int64) {
+	p.servers.Range(func(_, v any) bool { n += v.(*server).consumed.Load(); return true })
 	return n
 }
 
@@ -20,3 +22,7 @@ func Rewrite(mariadb bool, query string, remainingMS int) string {
 	t := &target{s: &server{mariadb: mariadb, limits: true}}
 	return t.withDeadline(query, time.Duration(remainingMS)*time.Millisecond)
 }
+
+// UseThreadKill is a no-op kept while fault tests still name two kill
+// strategies: the thread kill is now the only one. TODO(lead): remove.
+func UseThreadKill(*Plugin) {}

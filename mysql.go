@@ -24,15 +24,24 @@ import (
 // keeps running the query and the connection is lost. Instead, gormbatch
 // pins each batch query's connection, learns its server thread id once per
 // physical connection, hides the soft deadline from the driver, and when the
-// query's context ends it kills the statement from a reserved connection
-// outside the application's pool:
+// query's context ends sends KILL QUERY <thread id> from a reserved
+// connection outside the application's pool. The kill can reach no other
+// statement:
 //
-//   - MariaDB: KILL QUERY ID <query_id>, with the query id read from
-//     PROCESSLIST for that thread. A query id names one statement, so a late
-//     kill answers "unknown query id" instead of hitting the next one.
-//   - MySQL: KILL QUERY <thread id>, sent while the statement lock is held, so
-//     no later statement can have started on that connection; a kill that
-//     lands on an idle thread is cleared when its next command starts.
+//   - once the query's context has ended, begin refuses to send another
+//     statement on that connection, so the only statement that can be
+//     running is the one the kill is meant for;
+//   - release waits for the kill to be answered before the connection goes
+//     back to the pool;
+//   - if no statement was seen interrupted (the kill may have landed just
+//     after its statement ended), a DO SLEEP(0) consumes it before reuse,
+//     as MySqlConnector does; servers also clear a pending KILL QUERY when
+//     the next command starts (MariaDB reset_kill_query, MySQL
+//     dispatch_command).
+//
+// MariaDB's KILL QUERY ID would avoid the last step, but needs a
+// PROCESSLIST lookup first, which measured 2-4 ms on a busy server; the
+// thread kill answers in well under 1 ms.
 //
 // If the kill cannot be sent or the statement does not return within
 // Config.KillGrace, the driver's context is cancelled (socket closed,
@@ -42,7 +51,6 @@ const (
 	erQueryInterrupted  = 1317 // ER_QUERY_INTERRUPTED: KILL QUERY
 	erStatementTimeout  = 1969 // MariaDB ER_STATEMENT_TIMEOUT: max_statement_time
 	erQueryTimeout      = 3024 // MySQL ER_QUERY_TIMEOUT: MAX_EXECUTION_TIME
-	erUnknownQueryID    = 1957 // MariaDB ER_NO_SUCH_QUERY: KILL QUERY ID of a finished query
 	erNoSuchThread      = 1094 // ER_NO_SUCH_THREAD: the thread is gone
 	adminPoolSize       = 2
 	idCacheSweepAtLeast = 64
@@ -60,9 +68,9 @@ func isServerTimeout(err error) bool {
 // its flavour, a reserved admin pool for kills, and the thread id of each
 // physical connection it has seen.
 type server struct {
-	pool       *sql.DB
-	threadKill bool // use the MySQL kill on MariaDB too (tests)
-	lookups    atomic.Int64
+	pool     *sql.DB
+	lookups  atomic.Int64 // connection id queries
+	consumed atomic.Int64 // DO SLEEP(0) after a kill no statement took
 
 	once    sync.Once
 	err     error
@@ -81,7 +89,7 @@ type target struct {
 }
 
 func (p *Plugin) server(pool *sql.DB) *server {
-	s, _ := p.servers.LoadOrStore(pool, &server{pool: pool, threadKill: p.threadKill, ids: map[weak.Pointer[byte]]int64{}})
+	s, _ := p.servers.LoadOrStore(pool, &server{pool: pool, ids: map[weak.Pointer[byte]]int64{}})
 	return s.(*server)
 }
 
@@ -106,7 +114,7 @@ func (s *server) init(ctx context.Context, conn *sql.Conn) error {
 		if s.err = conn.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); s.err != nil {
 			return
 		}
-		s.mariadb = strings.Contains(strings.ToLower(version), "mariadb") && !s.threadKill
+		s.mariadb = strings.Contains(strings.ToLower(version), "mariadb")
 		// SET STATEMENT max_statement_time: MariaDB 10.1.2; the
 		// MAX_EXECUTION_TIME hint: MySQL 5.7.8.
 		var major, minor, patch int
@@ -179,42 +187,23 @@ func (s *server) bind(ctx context.Context, conn *sql.Conn) (*target, error) {
 	return &target{s: s, id: id}, nil
 }
 
-// kill stops the statement running on the target thread. It reports
-// whether a kill was delivered; false with a nil error means nothing was
-// running.
+// kill sends KILL QUERY for the target thread. It reports whether the kill
+// was delivered; false with a nil error means the thread is gone.
 func (t *target) kill(ctx context.Context) (bool, error) {
-	if !t.s.mariadb {
-		_, err := t.s.admin.ExecContext(ctx, fmt.Sprintf("KILL QUERY %d", t.id))
-		if isMySQLError(err, erNoSuchThread) {
-			return false, nil
-		}
-		return err == nil, err
-	}
-	var qid int64
-	err := t.s.admin.QueryRowContext(ctx,
-		"SELECT QUERY_ID FROM information_schema.PROCESSLIST WHERE ID = ? AND COMMAND IN ('Query', 'Execute')", t.id).Scan(&qid)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	_, err = t.s.admin.ExecContext(ctx, fmt.Sprintf("KILL QUERY ID %d", qid))
-	if isMySQLError(err, erUnknownQueryID) {
+	_, err := t.s.admin.ExecContext(ctx, fmt.Sprintf("KILL QUERY %d", t.id))
+	if isMySQLError(err, erNoSuchThread) {
 		return false, nil
 	}
 	return err == nil, err
 }
 
-// consume clears a kill that may have reached the thread after its
-// statement ended (MySQL bug #45679) before the connection is reused: the
-// server either reports the pending kill on this statement or has already
-// cleared it. Only the thread-id kill needs it; a query-id kill cannot
-// outlive its statement.
-func (t *target) consume(conn *sql.Conn, grace time.Duration) {
-	if t.s.mariadb {
-		return
-	}
+// consume clears a kill that reached the thread after its statement ended
+// (MySQL bug #45679), before the connection is reused: the server either
+// reports the pending kill on this statement or has already cleared it at
+// the start of the command. Called only when no statement was seen
+// interrupted.
+func (s *server) consume(conn *sql.Conn, grace time.Duration) {
+	s.consumed.Add(1)
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	conn.ExecContext(ctx, "DO SLEEP(0)")

@@ -94,9 +94,8 @@ type Plugin struct {
 	inFlight     *semaphore.Weighted // nil: unbounded
 	inFlightN    int
 
-	servers    sync.Map // *sql.DB -> *server (MySQL/MariaDB kill state)
-	cancel     bool     // server-side cancel enabled for this dialect
-	threadKill bool     // tests: use the MySQL kill strategy on MariaDB
+	servers sync.Map // *sql.DB -> *server (MySQL/MariaDB kill state)
+	cancel  bool     // server-side cancel enabled for this dialect
 }
 
 // New returns a Plugin with the given defaults. Invalid values are reported

@@ -103,7 +103,7 @@ func (q *query) exec(batchStart time.Time) {
 			stack = debug.Stack()
 		}
 		cause := context.Cause(q.ctx) // read before release cancels it
-		q.release()
+		q.release(err)
 		q.finish(outcome{started: true, err: err, panicked: pv, stack: stack, cause: cause})
 		q.res.Waited = q.started.Sub(batchStart) + q.connWait
 		q.res.Ran = time.Since(q.started) - q.connWait
@@ -174,9 +174,12 @@ func wrapCause(cause, err error) error {
 }
 
 // release stops the kill watcher, cancels what the driver sees (so open rows
-// are closed, not drained) and returns every pinned connection. It runs on
-// every path, panics included, before finish touches destinations.
-func (q *query) release() {
+// are closed, not drained) and returns every pinned connection, first
+// consuming a kill that no statement was seen to take. It runs on every
+// path, panics included, before finish touches destinations. err is what
+// the run returned.
+func (q *query) release(err error) {
+	took := isMySQLError(err, erQueryInterrupted) // the killed statement reported it
 	q.mu.Lock()
 	q.active = nil
 	q.mu.Unlock()
@@ -192,8 +195,8 @@ func (q *query) release() {
 		q.stopTimer()
 	}
 	for _, p := range q.pins {
-		if p.killed {
-			p.target.consume(p.conn, q.p.cfg.KillGrace)
+		if p.killed && !p.interrupted && !took {
+			p.target.s.consume(p.conn, q.p.cfg.KillGrace)
 		}
 		p.conn.Close()
 	}
@@ -212,12 +215,15 @@ func (q *query) scan(tx *gorm.DB, dest any) error {
 	}
 	priv.Elem().Set(fresh(reflect.Indirect(v)))
 	res := tx.Scan(priv.Interface())
+	q.mu.Lock()
+	q.active = nil // Scan has closed its rows: the statement is over
+	if res.Error == nil {
+		q.rows += res.RowsAffected
+	}
+	q.mu.Unlock()
 	if res.Error != nil {
 		return res.Error
 	}
-	q.mu.Lock()
-	q.rows += res.RowsAffected
-	q.mu.Unlock()
 	q.onDone(func() { setValue(v, priv.Elem()) })
 	return nil
 }
@@ -279,6 +285,9 @@ func (q *query) leave(db *gorm.DB, over bool) {
 	}
 	if db.Error != nil && q.ctx.Err() != nil {
 		q.interfered = true
+	}
+	if sc, ok := st.ConnPool.(*stmtConn); ok && isMySQLError(db.Error, erQueryInterrupted) {
+		sc.pin.interrupted = true // it took the kill: nothing left to consume
 	}
 	if top && db.Error == nil && db.RowsAffected > 0 { // Row statements report -1
 		q.rows += db.RowsAffected
