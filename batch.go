@@ -420,6 +420,11 @@ func (b *Batch) run(qs []*query) (*Report, error) {
 		}
 	} else {
 		global, n := b.p.slots(b.db)
+		if fromContext(parent) != nil {
+			// A batch started inside a batch query: its parent already
+			// holds a slot, so waiting for another could deadlock.
+			global = nil
+		}
 		limit := b.limit
 		if limit == 0 {
 			limit = n

@@ -18,9 +18,11 @@ type pin struct {
 	interrupted bool // a statement on it failed with ER_QUERY_INTERRUPTED
 }
 
-// errKillTimeout is the cause given to the driver's context when a killed
-// statement did not return within Config.KillGrace.
-var errKillTimeout = errors.New("gormbatch: killed statement did not return within the grace period")
+// Causes given to the driver's context when it is cancelled as a fallback.
+var (
+	errGraceOver  = errors.New("gormbatch: query did not end within KillGrace of its cancel")
+	errThreadGone = errors.New("gormbatch: the query's server thread is gone")
+)
 
 // pin returns the statement connection for pool, checking a connection out
 // on first use. Waiting for it respects the query's context and counts as
@@ -42,6 +44,9 @@ func (q *query) pin(ctx context.Context, pool *sql.DB) (*stmtConn, error) {
 	q.pins = append(q.pins, p)
 	if q.p.cancel {
 		q.watch()
+		// Setup sees the driver's context: it may finish within the grace
+		// period after the deadline (so the next batch finds the server
+		// ready), and a stalled network is cut then.
 		if p.target, err = q.p.server(pool).bind(q.hard, conn); err != nil {
 			return nil, err
 		}
@@ -66,6 +71,8 @@ func (q *query) watch() {
 // From then on begin refuses new statements, and release waits for onCancel
 // before any connection goes back to the pool, so the kill can reach only
 // the statement that was running; the lock is held just to read it.
+// Whatever still runs then (the killed statement, connection setup) gets
+// the rest of the grace period before the driver's context is cancelled.
 func (q *query) onCancel() {
 	defer close(q.watchDone)
 	t0 := time.Now()
@@ -73,29 +80,29 @@ func (q *query) onCancel() {
 	q.mu.Lock()
 	p := q.active
 	q.mu.Unlock()
-	if p == nil || p.target == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), grace)
-	killed, err := p.target.kill(ctx)
-	cancel()
-	if killed || err != nil { // an undelivered kill may still land
-		q.mu.Lock()
-		q.killed, p.killed = true, true
-		q.mu.Unlock()
-	}
-	if err != nil {
-		q.hardStop(err)
-		return
-	}
-	if !killed {
-		return
+	if p != nil && p.target != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		killed, err := p.target.kill(ctx)
+		cancel()
+		if killed || err != nil { // an undelivered kill may still land
+			q.mu.Lock()
+			q.killed, p.killed = true, true
+			q.mu.Unlock()
+		}
+		switch {
+		case err != nil:
+			q.hardStop(err)
+			return
+		case !killed: // no such thread: the connection is dead, do not wait for it
+			q.hardStop(errThreadGone)
+			return
+		}
 	}
 	t := time.NewTimer(grace - time.Since(t0))
 	defer t.Stop()
 	select {
 	case <-t.C:
-		q.hardStop(errKillTimeout)
+		q.hardStop(errGraceOver)
 	case <-q.ended:
 	}
 }

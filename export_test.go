@@ -22,7 +22,3 @@ func Rewrite(mariadb bool, query string, remainingMS int) string {
 	t := &target{s: &server{mariadb: mariadb, limits: true}}
 	return t.withDeadline(query, time.Duration(remainingMS)*time.Millisecond)
 }
-
-// UseThreadKill is a no-op kept while fault tests still name two kill
-// strategies: the thread kill is now the only one. TODO(lead): remove.
-func UseThreadKill(*Plugin) {}

@@ -72,8 +72,8 @@ type server struct {
 	lookups  atomic.Int64 // connection id queries
 	consumed atomic.Int64 // DO SLEEP(0) after a kill no statement took
 
-	once    sync.Once
-	err     error
+	lock    chan struct{} // one slot: guards init
+	ready   atomic.Bool   // init succeeded; the fields below are set
 	mariadb bool
 	limits  bool // the server supports a per-statement time limit
 	admin   *sql.DB
@@ -89,7 +89,7 @@ type target struct {
 }
 
 func (p *Plugin) server(pool *sql.DB) *server {
-	s, _ := p.servers.LoadOrStore(pool, &server{pool: pool, ids: map[weak.Pointer[byte]]int64{}})
+	s, _ := p.servers.LoadOrStore(pool, &server{pool: pool, lock: make(chan struct{}, 1), ids: map[weak.Pointer[byte]]int64{}})
 	return s.(*server)
 }
 
@@ -99,52 +99,73 @@ func (p *Plugin) Close() error {
 	var errs []error
 	p.servers.Range(func(k, v any) bool {
 		p.servers.Delete(k)
-		if s := v.(*server); s.admin != nil {
+		s := v.(*server)
+		s.lock <- struct{}{}
+		if s.ready.Load() {
 			errs = append(errs, s.admin.Close())
 		}
+		<-s.lock
 		return true
 	})
 	return errors.Join(errs...)
 }
 
-// init detects the flavour and opens the admin pool, once per server.
-func (s *server) init(ctx context.Context, conn *sql.Conn) error {
-	s.once.Do(func() {
-		var version string
-		if s.err = conn.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); s.err != nil {
-			return
-		}
-		s.mariadb = strings.Contains(strings.ToLower(version), "mariadb")
-		// SET STATEMENT max_statement_time: MariaDB 10.1.2; the
-		// MAX_EXECUTION_TIME hint: MySQL 5.7.8.
-		var major, minor, patch int
-		fmt.Sscanf(version, "%d.%d.%d", &major, &minor, &patch)
-		v := major*10000 + minor*100 + patch
-		s.limits = s.mariadb && v >= 100102 || !s.mariadb && v >= 50708
-		c, err := connectorOf(s.pool)
-		if err != nil {
-			s.err = err
-			return
-		}
-		s.admin = sql.OpenDB(c)
-		s.admin.SetMaxOpenConns(adminPoolSize)
-		s.admin.SetMaxIdleConns(adminPoolSize)
-		// Open them all now: a kill must not wait for a connect, and
-		// cancels must not show up as new connections later.
-		var conns []*sql.Conn
-		for range adminPoolSize {
-			c, err := s.admin.Conn(ctx)
-			if err != nil {
-				s.err = err
-				break
-			}
-			conns = append(conns, c)
-		}
+// init detects the flavour and opens the admin pool, once per server. A
+// failed attempt (a cut or stalled connection) leaves nothing behind and the
+// next query tries again; waiting for another query's attempt respects the
+// caller's context.
+func (s *server) init(ctx context.Context, conn *sql.Conn) (err error) {
+	if s.ready.Load() {
+		return nil
+	}
+	select {
+	case s.lock <- struct{}{}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	defer func() { <-s.lock }()
+	if s.ready.Load() {
+		return nil
+	}
+	var version string
+	if err := conn.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
+		return err
+	}
+	s.mariadb = strings.Contains(strings.ToLower(version), "mariadb")
+	// SET STATEMENT max_statement_time: MariaDB 10.1.2; the
+	// MAX_EXECUTION_TIME hint: MySQL 5.7.8.
+	var major, minor, patch int
+	fmt.Sscanf(version, "%d.%d.%d", &major, &minor, &patch)
+	v := major*10000 + minor*100 + patch
+	s.limits = s.mariadb && v >= 100102 || !s.mariadb && v >= 50708
+	c, err := connectorOf(s.pool)
+	if err != nil {
+		return err
+	}
+	admin := sql.OpenDB(c)
+	admin.SetMaxOpenConns(adminPoolSize)
+	admin.SetMaxIdleConns(adminPoolSize)
+	// Open them all now: a kill must not wait for a connect, and cancels
+	// must not show up as new connections later.
+	var conns []*sql.Conn
+	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
-	})
-	return s.err
+		if err != nil {
+			admin.Close()
+		}
+	}()
+	for range adminPoolSize {
+		c, err := admin.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		conns = append(conns, c)
+	}
+	s.admin = admin
+	s.ready.Store(true)
+	return nil
 }
 
 // bind returns the target for a pinned connection, asking the server for
@@ -188,7 +209,8 @@ func (s *server) bind(ctx context.Context, conn *sql.Conn) (*target, error) {
 }
 
 // kill sends KILL QUERY for the target thread. It reports whether the kill
-// was delivered; false with a nil error means the thread is gone.
+// was delivered; false with a nil error means the thread is gone on the
+// server (its connection is dead, whatever the network says).
 func (t *target) kill(ctx context.Context) (bool, error) {
 	_, err := t.s.admin.ExecContext(ctx, fmt.Sprintf("KILL QUERY %d", t.id))
 	if isMySQLError(err, erNoSuchThread) {

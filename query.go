@@ -102,6 +102,7 @@ func (q *query) exec(batchStart time.Time) {
 		if pv != nil {
 			stack = debug.Stack()
 		}
+		q.settle()
 		cause := context.Cause(q.ctx) // read before release cancels it
 		q.release(err)
 		q.finish(outcome{started: true, err: err, panicked: pv, stack: stack, cause: cause})
@@ -110,6 +111,16 @@ func (q *query) exec(batchStart time.Time) {
 	}()
 	err = q.run(q.tx, q)
 	returned = true
+}
+
+// settle waits for the context's timer when its deadline has already
+// passed: a socket deadline taken from the context (a dial, a read) can
+// expire a moment before the context's own timer fires, and the error it
+// gives must count as the deadline's, not as a failure.
+func (q *query) settle() {
+	if dl, ok := q.ctx.Deadline(); ok && !time.Now().Before(dl) {
+		<-q.ctx.Done()
+	}
 }
 
 // outcome is how a query's run ended, as finish needs it.
@@ -254,7 +265,9 @@ func (q *query) enter(db *gorm.DB, swap bool) {
 	q.mu.Lock()
 	top := len(q.frames) == 0
 	q.mu.Unlock()
-	if swap && top && db.Error == nil {
+	if swap && top {
+		// Even after an error: Count writes its destination after the
+		// callbacks whatever happened, and the undo must cover it.
 		f.priv, f.model = q.swapDest(st)
 	}
 	q.mu.Lock()
