@@ -37,6 +37,7 @@ const (
 
 var statusNames = [...]string{"", "done", "failed", "timed out", "canceled", "skipped", "panicked"}
 
+// String returns the status in words: "done", "timed out", ...
 func (s Status) String() string {
 	if s < Done || s > Panicked {
 		return fmt.Sprintf("Status(%d)", int(s))

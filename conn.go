@@ -135,6 +135,8 @@ type stmtConn struct {
 	pin *pin
 }
 
+// PrepareContext, ExecContext, QueryContext and QueryRowContext make
+// stmtConn a gorm.ConnPool.
 func (c *stmtConn) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
 	ctx, query, err := c.q.begin(ctx, c.pin, query, false)
 	if err != nil {

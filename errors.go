@@ -6,8 +6,10 @@ import (
 	"strings"
 )
 
-// Sentinel errors. Every error gormbatch returns wraps one of these or a
-// context error, so callers can test with errors.Is.
+// Sentinel errors, for errors.Is. Misuse and configuration errors wrap one
+// of the first five; a query's Result.Err wraps its own error (SQL, driver),
+// a context error, or ErrSkipped, ErrFailFast, ErrPanicked or
+// ErrWriteInBatch.
 var (
 	// ErrNotRegistered: From was given a *gorm.DB without the plugin
 	// (register it with db.Use(gormbatch.New(...))).
@@ -42,6 +44,7 @@ type Error struct {
 	Failed []Result // the required queries that are not Done, in batch order
 }
 
+// Error names every failed query with its status and error.
 func (e *Error) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "gormbatch: %d required quer", len(e.Failed))
