@@ -28,7 +28,7 @@ const (
 )
 
 // openProxied opens the test server (mysqlDSN) through a fault proxy.
-func openProxied(t *testing.T, cfg gormbatch.Config, setup ...func(*gormbatch.Plugin)) (*faultProxy, *gorm.DB, *sql.DB, *gormbatch.Plugin) {
+func openProxied(t *testing.T, cfg gormbatch.Config) (*faultProxy, *gorm.DB, *sql.DB, *gormbatch.Plugin) {
 	t.Helper()
 	mc, err := mysql.ParseDSN(mysqlDSN())
 	if err != nil {
@@ -43,7 +43,7 @@ func openProxied(t *testing.T, cfg gormbatch.Config, setup ...func(*gormbatch.Pl
 	}
 	px := newFaultProxy(t, mc.Addr)
 	mc.Addr = px.Addr()
-	db, sqlDB, p := openMySQLDSN(t, mc.FormatDSN(), cfg, setup...)
+	db, sqlDB, p := openMySQLDSN(t, mc.FormatDSN(), cfg)
 	return px, db, sqlDB, p
 }
 

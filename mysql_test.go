@@ -29,12 +29,12 @@ func mysqlDSN() string {
 
 // openMySQL opens the test server with the plugin registered, or skips the
 // test when no server answers.
-func openMySQL(t testing.TB, cfg gormbatch.Config, setup ...func(*gormbatch.Plugin)) (*gorm.DB, *sql.DB, *gormbatch.Plugin) {
+func openMySQL(t testing.TB, cfg gormbatch.Config) (*gorm.DB, *sql.DB, *gormbatch.Plugin) {
 	t.Helper()
-	return openMySQLDSN(t, mysqlDSN(), cfg, setup...)
+	return openMySQLDSN(t, mysqlDSN(), cfg)
 }
 
-func openMySQLDSN(t testing.TB, dsn string, cfg gormbatch.Config, setup ...func(*gormbatch.Plugin)) (*gorm.DB, *sql.DB, *gormbatch.Plugin) {
+func openMySQLDSN(t testing.TB, dsn string, cfg gormbatch.Config) (*gorm.DB, *sql.DB, *gormbatch.Plugin) {
 	t.Helper()
 	db, err := gorm.Open(gormmysql.Open(dsn), &gorm.Config{Logger: logger.Discard})
 	if err != nil {
@@ -45,9 +45,6 @@ func openMySQLDSN(t testing.TB, dsn string, cfg gormbatch.Config, setup ...func(
 	sqlDB.SetMaxOpenConns(8)
 	sqlDB.SetMaxIdleConns(8)
 	p := gormbatch.New(cfg)
-	for _, f := range setup {
-		f(p)
-	}
 	if err := db.Use(p); err != nil {
 		t.Fatal(err)
 	}

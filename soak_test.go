@@ -110,14 +110,8 @@ func TestSoakSQLite(t *testing.T) {
 func TestSoakMySQL(t *testing.T) {
 	tg := strings.ReplaceAll(tag(t), "/", "-")
 	var bes []*backend
-	for _, c := range []struct {
-		cfg   gormbatch.Config
-		setup []func(*gormbatch.Plugin)
-	}{
-		{gormbatch.Config{}, nil},
-		{gormbatch.Config{NoServerDeadline: true}, nil},
-	} {
-		db, sqlDB, _ := openMySQL(t, c.cfg, c.setup...)
+	for _, cfg := range []gormbatch.Config{{}, {NoServerDeadline: true}} {
+		db, sqlDB, _ := openMySQL(t, cfg)
 		if !batchWorks(t, db, sqlDB) { // opens the kill pool before the baseline
 			t.FailNow()
 		}
