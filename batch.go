@@ -2,9 +2,10 @@ package gormbatch
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"reflect"
-	"strings"
+	"runtime"
 	"sync"
 	"time"
 
@@ -12,116 +13,41 @@ import (
 	"gorm.io/gorm"
 )
 
-// Status is how a query of a batch ended. Every query ends in exactly one.
-type Status int
-
-const (
-	// Done: the query returned without error before it was cancelled; its
-	// destination holds the result.
-	Done Status = iota + 1
-	// Failed: the query returned an error of its own (SQL error, driver
-	// error, a KILL that was not ours, ...).
-	Failed
-	// TimedOut: the batch deadline, the query's own timeout, a deadline of the
-	// parent context or the server-side statement limit stopped it.
-	TimedOut
-	// Canceled: the parent context was cancelled, or FailFast stopped it.
-	Canceled
-	// Skipped: the query never started (the batch ended while it waited for a
-	// slot).
-	Skipped
-	// Panicked: the query panicked (in a closure or a GORM hook); Result.Stack
-	// holds the stack.
-	Panicked
-)
-
-var statusNames = [...]string{"", "done", "failed", "timed out", "canceled", "skipped", "panicked"}
-
-// String returns the status in words: "done", "timed out", ...
-func (s Status) String() string {
-	if s < Done || s > Panicked {
-		return fmt.Sprintf("Status(%d)", int(s))
-	}
-	return statusNames[s]
-}
-
-// Result is the outcome of one query of a batch.
-type Result struct {
-	Name     string
-	Status   Status
-	Err      error // nil iff Done; wraps context errors or package sentinels
-	Optional bool  // its failure does not fail the batch
-	Waited   time.Duration
-	Ran      time.Duration
-	Rows     int64  // rows read by its top-level statements
-	Killed   bool   // a server-side kill was sent (or attempted) for one of its statements
-	Stack    []byte // set when Panicked
-}
-
-// Report lists every query of a batch in the order it was added.
-type Report struct {
-	Results []Result
-	Elapsed time.Duration // from Wait's start to its return
-}
-
-// Done returns the results of the queries that ended Done.
-func (r *Report) Done() []Result { return r.filter(true) }
-
-// Pending returns the results of the queries that did not end Done, like the
-// pending set of asyncio.wait (gormbatch has already cancelled them).
-func (r *Report) Pending() []Result { return r.filter(false) }
-
-func (r *Report) filter(done bool) []Result {
-	var out []Result
-	for _, res := range r.Results {
-		if (res.Status == Done) == done {
-			out = append(out, res)
-		}
-	}
-	return out
-}
-
-// Get returns the first result with the given name.
-func (r *Report) Get(name string) (Result, bool) {
-	for _, res := range r.Results {
-		if res.Name == name {
-			return res, true
-		}
-	}
-	return Result{}, false
-}
-
-// String formats the report as a table, one query a line.
-func (r *Report) String() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "batch: %d queries in %v\n", len(r.Results), r.Elapsed.Round(time.Millisecond))
-	for _, res := range r.Results {
-		fmt.Fprintf(&b, "  %-24s %-10s waited %-8v ran %-8v rows %d", res.Name, res.Status,
-			res.Waited.Round(time.Millisecond), res.Ran.Round(time.Millisecond), res.Rows)
-		if res.Err != nil {
-			fmt.Fprintf(&b, "  (%v)", res.Err)
-		}
-		b.WriteByte('\n')
-	}
-	return b.String()
-}
-
 // QueryOption configures one query of a batch. Pass options to Go, GoValue
 // or any finder (among the finder's conditions, as trailing arguments).
-type QueryOption func(*query)
+type QueryOption interface{ apply(*query) }
 
-// As names a query in the Report. Finders are named after their method and
-// destination by default.
-func As(name string) QueryOption { return func(q *query) { q.name = name } }
+type option func(*query)
+
+func (o option) apply(q *query) { o(q) }
+
+// As names a query in the Report, logs and traces. Unnamed queries are
+// named after their method and table ("Find users", "Count orders").
+func As(name string) QueryOption { return option(func(q *query) { q.name = name }) }
 
 // Optional marks a query whose failure does not fail the batch: Wait's error
 // ignores it and FailFast does not fire for it.
-func Optional() QueryOption { return func(q *query) { q.optional = true } }
+func Optional() QueryOption { return option(func(q *query) { q.optional = true }) }
 
 // WithTimeout bounds one query, counted from its start; the batch deadline
 // still applies. d must be positive.
 func WithTimeout(d time.Duration) QueryOption {
-	return func(q *query) { q.timeout, q.timed = d, true }
+	return option(func(q *query) {
+		q.timeout = d
+		if d <= 0 {
+			q.timeout = -1 // reported by the batch
+		}
+	})
+}
+
+// Scopes applies GORM scopes to one query's own session, like
+// (*gorm.DB).Scopes, so one batch can read several tables:
+//
+//	From(db).
+//		Find(&users, "active = ?", true).
+//		Count(&n, gormbatch.Scopes(func(tx *gorm.DB) *gorm.DB { return tx.Model(&Order{}) }))
+func Scopes(funcs ...func(*gorm.DB) *gorm.DB) QueryOption {
+	return option(func(q *query) { q.scopes = append(q.scopes, funcs...) })
 }
 
 // Batch is a group of read queries run concurrently under one deadline.
@@ -131,31 +57,37 @@ func WithTimeout(d time.Duration) QueryOption {
 //
 // Each query runs on its own session of the *gorm.DB given to From, so that
 // session's conditions (Where, Table, Model, ...) apply to every query and
-// conditions never bleed between queries.
+// conditions never bleed between queries; Scopes adds conditions to one.
 type Batch struct {
-	mu       sync.Mutex
-	db       *gorm.DB
-	p        *Plugin
-	timeout  time.Duration
-	limit    int
-	failFast bool
-	queries  []*query
-	dests    map[uintptr]bool
-	err      error
-	waited   bool
+	mu          sync.Mutex // guards every field below
+	db          *gorm.DB
+	p           *Plugin
+	name        string
+	timeout     time.Duration
+	concurrency int
+	failFast    bool
+	queries     []*query
+	dests       map[uintptr]bool
+	err         error // the first misuse, returned by Wait
+	waited      bool
 }
 
 // From starts a batch on db. The batch deadline is the earlier of db's
 // context deadline and Timeout (default Config.Timeout). If db has no
 // gormbatch plugin, Wait returns ErrNotRegistered.
 func From(db *gorm.DB) *Batch {
-	b := &Batch{db: db, p: plugin(db), dests: map[uintptr]bool{}}
+	b := &Batch{db: db, p: plugin(db)}
 	if b.p == nil {
 		b.err = ErrNotRegistered
 		return b
 	}
-	b.timeout, b.limit = b.p.cfg.Timeout, b.p.cfg.Limit
+	b.timeout, b.concurrency = b.p.cfg.Timeout, b.p.cfg.Concurrency
 	return b
+}
+
+// Name names the batch in logs and traces.
+func (b *Batch) Name(name string) *Batch {
+	return b.set(func() error { b.name = name; return nil })
 }
 
 // Timeout sets the batch deadline, counted from Wait. d must be positive.
@@ -169,14 +101,14 @@ func (b *Batch) Timeout(d time.Duration) *Batch {
 	})
 }
 
-// Limit sets how many queries of this batch run at once (at least 1). The
-// plugin's MaxInFlight bound still applies across batches.
-func (b *Batch) Limit(n int) *Batch {
+// Concurrency sets how many queries of this batch run at once (at least 1).
+// The plugin's MaxInFlight bound still applies across batches.
+func (b *Batch) Concurrency(n int) *Batch {
 	return b.set(func() error {
 		if n < 1 {
-			return fmt.Errorf("%w: limit %d must be at least 1", ErrInvalidConfig, n)
+			return fmt.Errorf("%w: concurrency %d must be at least 1", ErrInvalidConfig, n)
 		}
-		b.limit = n
+		b.concurrency = n
 		return nil
 	})
 }
@@ -191,53 +123,61 @@ func (b *Batch) FailFast() *Batch {
 // Find adds db.Find(dest, conds...). dest is written only if the query ends
 // Done. QueryOptions may follow the conditions.
 func (b *Batch) Find(dest any, conds ...any) *Batch {
-	return b.finder("Find", dest, conds, (*gorm.DB).Find)
+	return b.finder("Find", dest, conds, (*gorm.DB).Find, callerPC())
 }
 
 // First adds db.First(dest, conds...); see Find.
 func (b *Batch) First(dest any, conds ...any) *Batch {
-	return b.finder("First", dest, conds, (*gorm.DB).First)
+	return b.finder("First", dest, conds, (*gorm.DB).First, callerPC())
 }
 
 // Take adds db.Take(dest, conds...); see Find.
 func (b *Batch) Take(dest any, conds ...any) *Batch {
-	return b.finder("Take", dest, conds, (*gorm.DB).Take)
+	return b.finder("Take", dest, conds, (*gorm.DB).Take, callerPC())
 }
 
 // Last adds db.Last(dest, conds...); see Find.
 func (b *Batch) Last(dest any, conds ...any) *Batch {
-	return b.finder("Last", dest, conds, (*gorm.DB).Last)
+	return b.finder("Last", dest, conds, (*gorm.DB).Last, callerPC())
 }
 
-// Count adds db.Count(count) on the batch's session (set its Model or Table
-// in the *gorm.DB given to From). *count is written only if the query ends
-// Done.
+// Count adds db.Count(count) on the query's session: set the table with
+// the *gorm.DB given to From (Model, Table) or with Scopes. *count is
+// written only if the query ends Done.
 func (b *Batch) Count(count *int64, opts ...QueryOption) *Batch {
-	return b.add("Count", count, opts, func(tx *gorm.DB, _ *query) error {
-		return tx.Count(count).Error
+	return b.add("Count", count, opts, callerPC(), func(tx *gorm.DB, q *query) error {
+		var n int64 // GORM writes Count's destination even on failure
+		if err := tx.Count(&n).Error; err != nil {
+			return err
+		}
+		q.onDone(func() { *count = n })
+		return nil
 	})
 }
 
-// Pluck adds db.Pluck(column, dest); dest is written only if Done.
+// Pluck adds db.Pluck(column, dest) on the query's session (see Count);
+// dest is written only if Done.
 func (b *Batch) Pluck(column string, dest any, opts ...QueryOption) *Batch {
-	return b.add("Pluck "+column, dest, opts, func(tx *gorm.DB, _ *query) error {
+	return b.add("Pluck", dest, opts, callerPC(), func(tx *gorm.DB, _ *query) error {
 		return tx.Pluck(column, dest).Error
 	})
 }
 
-// Scan adds db.Scan(dest) on the batch's session: a Raw query or a
-// Model/Table chain given to From. dest is written only if Done.
+// Scan adds db.Scan(dest) on the query's session: a Raw query or a
+// Model/Table chain given to From, or set with Scopes. dest is written only
+// if Done.
 func (b *Batch) Scan(dest any, opts ...QueryOption) *Batch {
-	return b.add("Scan", dest, opts, func(tx *gorm.DB, q *query) error {
+	return b.add("Scan", dest, opts, callerPC(), func(tx *gorm.DB, q *query) error {
 		return q.scan(tx, dest)
 	})
 }
 
 // Raw adds db.Raw(sql, values...).Scan(dest); dest is written only if Done.
-// QueryOptions may follow the values.
+// The statement must be a read (ErrWriteInBatch otherwise). QueryOptions may
+// follow the values.
 func (b *Batch) Raw(dest any, sql string, values ...any) *Batch {
 	values, opts := splitOptions(values)
-	return b.add("Raw", dest, opts, func(tx *gorm.DB, q *query) error {
+	return b.add("Raw", dest, opts, callerPC(), func(tx *gorm.DB, q *query) error {
 		return q.scan(tx.Raw(sql, values...), dest)
 	})
 }
@@ -253,36 +193,43 @@ func (b *Batch) Raw(dest any, sql string, values ...any) *Batch {
 // their value before the statement. Scan, Row and Rows write outside those
 // callbacks and are not restored: use GoValue for them.
 func (b *Batch) Go(name string, fn func(tx *gorm.DB) error, opts ...QueryOption) *Batch {
+	pc := callerPC()
 	if fn == nil {
 		return b.set(func() error { return fmt.Errorf("%w: nil func for %q", ErrInvalidConfig, name) })
 	}
-	return b.addQuery(name, nil, false, append([]QueryOption{As(name)}, opts...), func(tx *gorm.DB, _ *query) error {
-		return fn(tx)
-	})
+	return b.addQuery(&query{name: name, pc: pc, run: func(tx *gorm.DB, _ *query) error { return fn(tx) }}, nil, opts)
 }
 
 // GoValue adds fn to b like Go, and stores the value fn returns in *dest
 // only if the query ends Done. Use it for Scan, Row or Rows, or any result
 // computed in Go.
 func GoValue[T any](b *Batch, name string, dest *T, fn func(tx *gorm.DB) (T, error), opts ...QueryOption) *Batch {
+	pc := callerPC()
 	if fn == nil || dest == nil {
 		return b.set(func() error { return fmt.Errorf("%w: nil func or dest for %q", ErrInvalidDest, name) })
 	}
-	return b.add(name, dest, append([]QueryOption{As(name)}, opts...), func(tx *gorm.DB, q *query) error {
+	return b.addQuery(&query{name: name, pc: pc, dest: dest, run: func(tx *gorm.DB, q *query) error {
 		v, err := fn(tx)
 		if err == nil {
 			q.onDone(func() { *dest = v })
 		}
 		return err
-	})
+	}}, dest, opts)
 }
 
 // Wait runs the batch and returns when every query has ended or at the batch
 // deadline, whichever is first; at the deadline running queries are
 // cancelled (TimedOut, or Canceled when the parent context was cancelled)
-// and queued ones are Skipped. When Wait returns, no goroutine of the batch
-// is left, every connection it took is back in the pool, and only Done
-// queries have written their destinations.
+// and queued ones are Skipped. Cancelled statements are stopped on the
+// server where the dialect allows it, within Config.KillGrace: Wait returns
+// by the deadline plus KillGrace.
+//
+// When Wait returns, only Done queries have written their destinations, no
+// goroutine of the batch is left, and every connection it took is back in
+// the pool - except the connection of a stopped statement the server has
+// not answered within KillGrace, which the plugin holds until it does (at
+// most ReclaimTimeout; see Config.KillGrace): that query's status is
+// already final and nothing of it writes anything after Wait returns.
 //
 // The error is nil iff every required (not Optional) query is Done;
 // otherwise it is an *Error naming them, which errors.Is matches against
@@ -292,7 +239,8 @@ func GoValue[T any](b *Batch, name string, dest *T, fn func(tx *gorm.DB) (T, err
 //
 // Inside a transaction (From on a *gorm.DB from Begin or Transaction) the
 // queries share the transaction's connection, so they run one at a time in
-// the order added, still under the deadline.
+// the order added, still under the deadline, and the transaction stays
+// usable after a cancelled query unless the error wraps ErrTxBroken.
 func (b *Batch) Wait() (*Report, error) {
 	b.mu.Lock()
 	if b.waited {
@@ -306,6 +254,14 @@ func (b *Batch) Wait() (*Report, error) {
 		return nil, err
 	}
 	return b.run(qs)
+}
+
+// callerPC returns the program counter of the application's call of the
+// exported method that calls callerPC.
+func callerPC() uintptr {
+	var pcs [1]uintptr
+	runtime.Callers(3, pcs[:])
+	return pcs[0]
 }
 
 // set applies a batch setting under the lock, recording the first error.
@@ -324,9 +280,9 @@ func (b *Batch) set(f func() error) *Batch {
 	return b
 }
 
-func (b *Batch) finder(method string, dest any, args []any, f func(*gorm.DB, any, ...any) *gorm.DB) *Batch {
+func (b *Batch) finder(method string, dest any, args []any, f func(*gorm.DB, any, ...any) *gorm.DB, pc uintptr) *Batch {
 	conds, opts := splitOptions(args)
-	return b.add(method, dest, opts, func(tx *gorm.DB, _ *query) error {
+	return b.add(method, dest, opts, pc, func(tx *gorm.DB, _ *query) error {
 		return f(tx, dest, conds...).Error
 	})
 }
@@ -342,31 +298,40 @@ func splitOptions(args []any) (rest []any, opts []QueryOption) {
 	return rest, opts
 }
 
-// add validates and appends a query that writes dest.
-func (b *Batch) add(method string, dest any, opts []QueryOption, run func(*gorm.DB, *query) error) *Batch {
-	return b.addQuery(method, dest, true, opts, run)
+// add appends a finder: a query whose only code is the plugin's and GORM's.
+func (b *Batch) add(method string, dest any, opts []QueryOption, pc uintptr, run func(*gorm.DB, *query) error) *Batch {
+	return b.addQuery(&query{method: method, dest: dest, pc: pc, finder: true, run: run}, dest, opts)
 }
 
-// addQuery validates and appends a query; needDest is false for Go closures.
-func (b *Batch) addQuery(method string, dest any, needDest bool, opts []QueryOption, run func(*gorm.DB, *query) error) *Batch {
+// addQuery validates and appends q; dest, if not nil, must be a pointer or
+// map no other query of the batch writes.
+func (b *Batch) addQuery(q *query, dest any, opts []QueryOption) *Batch {
 	return b.set(func() error {
-		q := &query{name: fmt.Sprintf("%s %T", method, dest), run: run, p: b.p}
+		q.p = b.p
 		for _, o := range opts {
-			o(q)
+			o.apply(q)
 		}
-		if q.timed && q.timeout <= 0 {
-			return fmt.Errorf("%w: timeout %v of %q must be positive", ErrInvalidConfig, q.timeout, q.name)
+		label := q.name
+		if label == "" {
+			label = q.method
 		}
-		if needDest {
+		if q.timeout < 0 {
+			return fmt.Errorf("%w: WithTimeout of %q must be positive", ErrInvalidConfig, label)
+		}
+		if q.finder || dest != nil {
 			key, err := destKey(dest)
 			if err != nil {
-				return fmt.Errorf("%w: %s: %v", ErrInvalidDest, q.name, err)
+				return fmt.Errorf("%w: %s: %v", ErrInvalidDest, label, err)
 			}
 			if b.dests[key] {
-				return fmt.Errorf("%w: %s: destination already used by another query of the batch", ErrInvalidDest, q.name)
+				return fmt.Errorf("%w: %s: destination already used by another query of the batch", ErrInvalidDest, label)
+			}
+			if b.dests == nil {
+				b.dests = map[uintptr]bool{}
 			}
 			b.dests[key] = true
 		}
+		q.index = len(b.queries)
 		b.queries = append(b.queries, q)
 		return nil
 	})
@@ -387,77 +352,78 @@ func destKey(dest any) (uintptr, error) {
 	return v.Pointer(), nil
 }
 
+// runState is what the queries of one running batch share.
+type runState struct {
+	p      *Plugin
+	wg     sync.WaitGroup      // queries started and not settled
+	local  *semaphore.Weighted // this batch's concurrency
+	global *semaphore.Weighted // MaxInFlight; nil: unbounded or nested
+	fail   func(*query)        // FailFast
+}
+
+// settled is called once per query, when its status is decided.
+func (rs *runState) settled(q *query) {
+	rs.fail(q)
+	if rs.local != nil && !q.started.IsZero() {
+		rs.local.Release(1)
+		rs.wg.Done()
+	}
+}
+
+// released is called once per started query, when its connections are back.
+func (rs *runState) released() {
+	if rs.local != nil {
+		rs.p.stats.inFlight.Add(-1)
+		if rs.global != nil {
+			rs.global.Release(1)
+		}
+	}
+}
+
 // run executes the queries and builds the report.
 func (b *Batch) run(qs []*query) (*Report, error) {
 	start := time.Now()
+	p := b.p
+	p.stats.batches.Add(1)
 	parent := b.db.Statement.Context
 	if parent == nil {
 		parent = context.Background()
 	}
-	ctx, cancelCause := context.WithCancelCause(parent)
+	info := BatchInfo{Name: b.name, Queries: len(qs), Dialect: p.dialectName}
+	info.Deadline, _ = parent.Deadline()
+	if d := start.Add(b.timeout); b.timeout > 0 && (info.Deadline.IsZero() || d.Before(info.Deadline)) {
+		info.Deadline = d
+	}
+	ctx := parent
+	for _, h := range p.cfg.Hooks {
+		if c := h.StartBatch(ctx, info); c != nil {
+			ctx = c
+		}
+	}
+	ctx, cancelCause := context.WithCancelCause(ctx)
 	defer cancelCause(nil)
 	if b.timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, b.timeout,
+		ctx, cancel = context.WithDeadlineCause(ctx, start.Add(b.timeout),
 			fmt.Errorf("batch deadline %v: %w", b.timeout, context.DeadlineExceeded))
 		defer cancel()
 	}
+
+	rs := &runState{p: p}
 	var failOnce sync.Once
-	fail := func(q *query) {
+	rs.fail = func(q *query) {
 		if b.failFast && !q.optional && q.res.Status != Done {
-			failOnce.Do(func() { cancelCause(fmt.Errorf("%w: %s %s", ErrFailFast, q.name, q.res.Status)) })
+			failOnce.Do(func() { cancelCause(fmt.Errorf("%w: %s %s", ErrFailFast, q.res.Name, q.res.Status)) })
 		}
 	}
-	if isTx(b.db) {
-		// One connection: run one at a time, in order, under the deadline.
-		for _, q := range qs {
-			if ctx.Err() != nil {
-				q.skip(ctx, start)
-				continue
-			}
-			q.start(ctx, b.db)
-			q.exec(start)
-			fail(q)
-		}
+	inTx := isTx(b.db)
+	for _, q := range qs {
+		q.queued, q.inTx, q.rs = start, inTx, rs
+	}
+	if inTx {
+		b.runTx(ctx, qs)
 	} else {
-		global, n := b.p.slots(b.db)
-		if fromContext(parent) != nil {
-			// A batch started inside a batch query: its parent already
-			// holds a slot, so waiting for another could deadlock.
-			global = nil
-		}
-		limit := b.limit
-		if limit == 0 {
-			limit = n
-			if limit == 0 {
-				limit = 8
-			}
-		}
-		local := semaphore.NewWeighted(int64(limit))
-		var wg sync.WaitGroup
-		for _, q := range qs {
-			if !acquire(ctx, local) {
-				q.skip(ctx, start)
-				continue
-			}
-			if global != nil && !acquire(ctx, global) {
-				local.Release(1)
-				q.skip(ctx, start)
-				continue
-			}
-			q.start(ctx, b.db)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer local.Release(1)
-				if global != nil {
-					defer global.Release(1)
-				}
-				q.exec(start)
-				fail(q)
-			}()
-		}
-		wg.Wait()
+		b.runPool(ctx, parent, qs, rs)
 	}
 
 	rep := &Report{Results: make([]Result, len(qs))}
@@ -469,16 +435,87 @@ func (b *Batch) run(qs []*query) (*Report, error) {
 		}
 	}
 	rep.Elapsed = time.Since(start)
+	var err error
 	if failed != nil {
-		return rep, &Error{Failed: failed}
+		err = &Error{Failed: failed}
 	}
-	return rep, nil
+	for _, h := range p.cfg.Hooks {
+		h.EndBatch(ctx, info, rep, err)
+	}
+	return rep, err
 }
 
-// acquire takes a slot unless ctx is done (semaphore.Acquire may succeed on
-// a done context when a slot is free).
-func acquire(ctx context.Context, s *semaphore.Weighted) bool {
-	return ctx.Err() == nil && s.Acquire(ctx, 1) == nil
+// runPool runs the queries concurrently, each on connections of its own,
+// within this batch's concurrency and the plugin's MaxInFlight.
+func (b *Batch) runPool(ctx, parent context.Context, qs []*query, rs *runState) {
+	p := b.p
+	global, n := p.inFlight(b.db)
+	if fromContext(parent) != nil {
+		// A batch started inside a batch query: its parent already holds
+		// a slot, so waiting for another could deadlock.
+		global = nil
+	}
+	limit := b.concurrency
+	if limit == 0 {
+		limit = n
+		if limit == 0 {
+			limit = 8
+		}
+	}
+	rs.local, rs.global = semaphore.NewWeighted(int64(limit)), global
+	for _, q := range qs {
+		t0 := time.Now()
+		if rs.local.Acquire(ctx, 1) != nil {
+			q.skip(ctx)
+			continue
+		}
+		if global != nil && global.Acquire(ctx, 1) != nil {
+			rs.local.Release(1)
+			q.skip(ctx)
+			continue
+		}
+		p.stats.slotWait.Add(int64(time.Since(t0)))
+		p.stats.inFlight.Add(1)
+		q.start(ctx, b.db)
+		rs.wg.Add(1)
+		go q.exec()
+	}
+	rs.wg.Wait()
+}
+
+// runTx runs the queries one at a time on the transaction's connection, in
+// order, under the deadline. Where a failed or stopped statement aborts
+// the transaction (PostgreSQL), the batch runs under a savepoint and rolls
+// back to it after such a query, so the transaction stays usable.
+func (b *Batch) runTx(ctx context.Context, qs []*query) {
+	tx, _ := unwrapPrepared(b.db.Statement.ConnPool).(*sql.Tx)
+	d := dialects[b.p.dialectName]
+	sp := tx != nil && d != nil && d.savepoints() && b.savepoint(ctx, tx, "SAVEPOINT gormbatch")
+	for _, q := range qs {
+		if ctx.Err() != nil {
+			q.skip(ctx)
+			continue
+		}
+		q.savepoint = sp
+		q.start(ctx, b.db)
+		q.exec()
+	}
+	if sp {
+		b.savepoint(ctx, tx, "RELEASE SAVEPOINT gormbatch")
+	}
+}
+
+// savepoint runs a savepoint statement on the transaction, bounded by the
+// batch deadline plus KillGrace, and reports whether it worked.
+func (b *Batch) savepoint(ctx context.Context, tx *sql.Tx, stmt string) bool {
+	sctx := context.WithoutCancel(ctx)
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		sctx, cancel = context.WithDeadline(sctx, dl.Add(b.p.cfg.KillGrace))
+		defer cancel()
+	}
+	_, err := tx.ExecContext(sctx, stmt)
+	return err == nil
 }
 
 func isTx(db *gorm.DB) bool {

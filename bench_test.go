@@ -88,11 +88,17 @@ func BenchmarkNaive8SQLite(b *testing.B) {
 }
 
 func BenchmarkBatch8MariaDB(b *testing.B) {
-	db, _, _ := openMySQL(b, gormbatch.Config{})
-	batch8(b, db)
+	batch8(b, openServer(b, mysqlBackend, gormbatch.Config{}).DB)
 }
 
 func BenchmarkNaive8MariaDB(b *testing.B) {
-	db, _, _ := openMySQL(b, gormbatch.Config{})
-	naive8(b, db)
+	naive8(b, openServer(b, mysqlBackend, gormbatch.Config{}).DB)
+}
+
+func BenchmarkBatch8Postgres(b *testing.B) {
+	batch8(b, openServer(b, postgresBackend, gormbatch.Config{}).DB)
+}
+
+func BenchmarkNaive8Postgres(b *testing.B) {
+	naive8(b, openServer(b, postgresBackend, gormbatch.Config{}).DB)
 }

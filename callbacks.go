@@ -20,7 +20,8 @@ const (
 // registerCallbacks installs the gormbatch:* callbacks. Each finds its batch
 // query through Statement.Context and does nothing for other statements.
 // The Before callbacks run after any resolver's Before("*") callback, so a
-// connection is pinned from the pool the resolver chose.
+// connection is pinned from the pool the resolver chose; the After
+// callbacks put back what the Before ones replaced.
 func registerCallbacks(db *gorm.DB) error {
 	cb := db.Callback()
 	if cb.Query().Get(cbBeforeQuery) != nil {
@@ -72,6 +73,8 @@ func leave(over bool) func(*gorm.DB) {
 	}
 }
 
+// noWrite refuses Create, Update and Delete in a batch before their hooks
+// run; statements of other kinds are checked by begin (conn.go).
 func noWrite(db *gorm.DB) {
 	if fromContext(db.Statement.Context) != nil {
 		db.AddError(ErrWriteInBatch)

@@ -3,129 +3,261 @@ package gormbatch
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
+	"fmt"
+	"sync"
 	"time"
+
+	"gorm.io/gorm"
 )
 
-// pin is a connection checked out of one pool for one batch query. Every
-// statement of the query on that pool runs on it, and release returns it.
+// Pinned connections. Every statement of a batch query runs on a connection
+// the query holds for its whole run: one checked out of each pool it uses
+// (GORM's, or the one dbresolver chose), or the transaction's. Statements
+// reach it through stmtConn, whose methods pass begin: the one place that
+// refuses writes, refuses anything once the query's context has ended, adds
+// the server-side limit, and tells the watcher a statement may be running.
+
+// pin is one connection a batch query holds.
 type pin struct {
-	pool        *sql.DB
-	conn        *sql.Conn
-	target      *target // server identity for kills; nil without server cancel
-	sc          *stmtConn
-	killed      bool // a kill was sent to its thread
-	interrupted bool // a statement on it failed with ER_QUERY_INTERRUPTED
+	key  any       // what GORM's statement named: a *sql.DB, *sql.Tx or *sql.Conn
+	on   querier   // what statements run on
+	conn *sql.Conn // checked out by the query, which returns it; nil when borrowed (a transaction's)
+	srv  server    // nil without server cancel
+	sess session   // nil without server cancel
+	sc   stmtConn
+
+	// Guarded by the query's watcher.mu.
+	active   bool       // a statement may be running on it
+	stopSent bool       // the watcher asked the server to stop it
+	stop     stopResult // the answer
+	cut      bool       // its socket was cut
+	dead     bool       // a statement reported the session gone
 }
 
-// Causes given to the driver's context when it is cancelled as a fallback.
-var (
-	errGraceOver  = errors.New("gormbatch: query did not end within KillGrace of its cancel")
-	errThreadGone = errors.New("gormbatch: the query's server thread is gone")
-)
-
-// pin returns the statement connection for pool, checking a connection out
-// on first use. Waiting for it respects the query's context and counts as
-// waiting time.
-func (q *query) pin(ctx context.Context, pool *sql.DB) (*stmtConn, error) {
+// pinFor returns the statement connection for a GORM connection pool,
+// pinning one on first use. Waiting for a pool's connection respects the
+// query's context and counts as waiting time.
+func (q *query) pinFor(db *gorm.DB, cp gorm.ConnPool) (*stmtConn, error) {
+	cp = unwrapPrepared(cp)
 	for _, p := range q.pins {
-		if p.pool == pool {
-			return p.sc, nil
+		if p.key == cp {
+			return &p.sc, nil
 		}
 	}
-	t0 := time.Now()
-	conn, err := pool.Conn(ctx)
-	q.connWait += time.Since(t0)
-	if err != nil {
-		return nil, err
+	p := &pin{key: cp}
+	switch c := cp.(type) {
+	case *sql.DB:
+		t0 := time.Now()
+		conn, err := c.Conn(q.ctx)
+		q.mu.Lock()
+		q.connWait += time.Since(t0)
+		q.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		p.on, p.conn = conn, conn
+	case querier: // a transaction, a db.Connection conn, or another pool type
+		p.on = c
+	default:
+		return nil, nil
 	}
-	p := &pin{pool: pool, conn: conn}
-	p.sc = &stmtConn{q: q, pin: p}
+	p.sc = stmtConn{q: q, pin: p}
 	q.pins = append(q.pins, p)
-	if q.p.cancel {
-		q.watch()
-		// Setup sees the driver's context: it may finish within the grace
-		// period after the deadline (so the next batch finds the server
-		// ready), and a stalled network is cut then.
-		if p.target, err = q.p.server(pool).bind(q.hard, conn); err != nil {
+	if q.p.dialect != nil {
+		if err := q.bind(db, p); err != nil {
 			return nil, err
 		}
 	}
-	return p.sc, nil
+	return &p.sc, nil
 }
 
-// watch sets up server cancel for the query once: the driver gets a context
-// without the soft deadline, and a watcher kills the running statement when
-// the soft context ends, then cuts the socket if it does not return within
-// the grace period.
-func (q *query) watch() {
-	if q.stopWatch != nil {
-		return
-	}
-	q.hard, q.hardStop = context.WithCancelCause(context.WithoutCancel(q.ctx))
-	q.ended, q.watchDone = make(chan struct{}), make(chan struct{})
-	q.stopWatch = context.AfterFunc(q.ctx, q.onCancel)
-}
-
-// onCancel runs once, on its own goroutine, when the soft context ends.
-// From then on begin refuses new statements, and release waits for onCancel
-// before any connection goes back to the pool, so the kill can reach only
-// the statement that was running; the lock is held just to read it.
-// Whatever still runs then (the killed statement, connection setup) gets
-// the rest of the grace period before the driver's context is cancelled.
-func (q *query) onCancel() {
-	defer close(q.watchDone)
-	t0 := time.Now()
-	grace := q.p.cfg.KillGrace
-	q.mu.Lock()
-	p := q.active
-	q.mu.Unlock()
-	if p != nil && p.target != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), grace)
-		killed, err := p.target.kill(ctx)
-		cancel()
-		if killed || err != nil { // an undelivered kill may still land
-			q.mu.Lock()
-			q.killed, p.killed = true, true
-			q.mu.Unlock()
-		}
-		switch {
-		case err != nil:
-			q.hardStop(err)
-			return
-		case !killed: // no such thread: the connection is dead, do not wait for it
-			q.hardStop(errThreadGone)
-			return
+// unwrapPrepared looks through GORM's PrepareStmt mode: batch statements
+// run directly on the pinned connection (prepared by the driver as usual),
+// so that they can be stopped on the server.
+func unwrapPrepared(cp gorm.ConnPool) gorm.ConnPool {
+	for {
+		switch c := cp.(type) {
+		case *gorm.PreparedStmtDB:
+			cp = c.ConnPool
+		case *gorm.PreparedStmtTX:
+			cp = c.Tx
+		default:
+			return cp
 		}
 	}
-	t := time.NewTimer(grace - time.Since(t0))
-	defer t.Stop()
-	select {
-	case <-t.C:
-		q.hardStop(errGraceOver)
-	case <-q.ended:
-	}
 }
 
-// begin is called before every statement sent on a pinned connection. It
-// refuses statements once the query's context is done, marks the connection
-// active for the kill watcher, and returns the context the driver sees and
-// the SQL to send (with the server-side deadline for reads).
-func (q *query) begin(ctx context.Context, p *pin, query string, read bool) (context.Context, string, error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+// bind sets up server cancel for a pin: the pool's server (opened once) and
+// the connection's session. If that fails, ServerCancelAuto runs the query
+// with the driver's own cancel (and says so); ServerCancelRequire fails it.
+func (q *query) bind(db *gorm.DB, p *pin) error {
+	var pool *sql.DB
+	var dc any
+	var err error
+	switch c := p.key.(type) {
+	case *sql.DB:
+		pool = c
+		dc, err = rawConn(p.conn)
+	case *sql.Tx:
+		if pool, err = db.DB(); err == nil {
+			var ok bool
+			if dc, ok = txDriverConn(c); !ok {
+				err = fmt.Errorf("%w: cannot reach the transaction's driver connection", errNoServerCancel)
+			}
+		}
+	case *sql.Conn: // db.Connection: its pool is GORM's
+		if pool, err = db.DB(); err == nil {
+			dc, err = rawConn(c)
+		}
+	default:
+		return nil // a pool type of its own: the driver's cancel
+	}
+	w := q.watch()
+	var srv server
+	var sess session
+	if err == nil {
+		srv, err = q.p.server(w.hard, pool, p.on)
+	}
+	if err == nil {
+		sess, err = srv.bind(w.hard, dc, p.on)
+	}
+	if err != nil {
+		q.p.setupFailed(q, err)
+		if q.p.cfg.ServerCancel == ServerCancelRequire {
+			return fmt.Errorf("gormbatch: server cancel setup: %w", err)
+		}
+		return nil
+	}
+	w.mu.Lock()
+	p.srv, p.sess = srv, sess
+	w.pins = append(w.pins, p)
+	w.mu.Unlock()
+	return nil
+}
+
+// begin is called before every statement on a pinned connection. It returns
+// the context the driver sees and the SQL to send.
+func (q *query) begin(ctx context.Context, p *pin, query string) (context.Context, string, error) {
+	info := classify(query)
+	if !info.read {
+		return nil, "", ErrWriteInBatch
+	}
+	w := q.w
+	if w == nil || p.sess == nil {
+		return ctx, query, nil // the driver sees the soft context and cancels itself
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	// Kill safety (watch.go): the check and marking it active are one
+	// critical section with respect to onCancel.
 	if q.ctx.Err() != nil {
-		q.interfered = true
 		return nil, "", context.Cause(q.ctx)
 	}
-	q.active = p
-	if p.target == nil {
-		return ctx, query, nil
+	p.active = true
+	if dl, ok := q.ctx.Deadline(); ok && !q.p.cfg.NoServerDeadline {
+		query = p.srv.limit(query, info, time.Until(dl))
 	}
-	if dl, ok := q.ctx.Deadline(); ok && read && !q.p.cfg.NoServerDeadline {
-		query = p.target.withDeadline(query, time.Until(dl))
+	return driverCtx{ctx, w.hard}, query, nil
+}
+
+// idle tells the watcher that no statement of the query runs any more.
+func (q *query) idle() {
+	if w := q.w; w != nil {
+		w.mu.Lock()
+		for _, p := range w.pins {
+			p.active = false
+		}
+		w.mu.Unlock()
 	}
-	return q.hard, query, nil
+}
+
+// noteErr looks at a finished statement's error (on pin p; nil: any of the
+// query's): a stop by the server's own time limit is reported, and a
+// session gone makes its connection be discarded.
+func (q *query) noteErr(p *pin, err error) {
+	w := q.w
+	if err == nil || w == nil {
+		return
+	}
+	w.mu.Lock()
+	limit := false
+	for _, wp := range w.pins {
+		if p != nil && wp != p {
+			continue
+		}
+		switch wp.srv.classify(err) {
+		case errServerLimit:
+			limit = true
+		case errGone:
+			wp.dead = true
+		}
+	}
+	w.mu.Unlock()
+	if limit {
+		q.p.emit(q, Event{Kind: EventServerLimit, Err: err})
+	}
+}
+
+// release returns or discards every pinned connection: once the watcher
+// has the answers of the stops it sent, a connection goes back to the pool
+// if nothing was sent to it or its stop was delivered, and is discarded
+// otherwise. A transaction's connection that is not safe marks the query
+// txBroken. It runs on every path, panics included, and returns when the
+// query was handed off (zero if it was not).
+func (q *query) release() (since time.Time) {
+	w := q.w
+	if w != nil {
+		w.end()
+		since = w.close()
+	}
+	q.cancel(errEnded)
+	if q.stopTimer != nil {
+		q.stopTimer()
+	}
+	if w != nil {
+		// Open rows (a closure that never closed them) are closed by
+		// database/sql when the driver's context ends, not drained.
+		w.hardStop(errEnded)
+	}
+	for _, p := range q.pins {
+		keep := w == nil || w.keep(p)
+		switch {
+		case p.conn != nil && keep:
+			p.conn.Close()
+		case p.conn != nil:
+			discard(p.conn)
+		case !keep || q.savepoint && !q.rollback(p):
+			q.mu.Lock()
+			q.txBroken = true
+			q.mu.Unlock()
+		}
+	}
+	q.pins = nil
+	return since
+}
+
+// rollback returns a transaction to the batch's savepoint after a query
+// that failed or was stopped (PostgreSQL aborts the transaction then),
+// within KillGrace, and reports whether the transaction is usable.
+func (q *query) rollback(p *pin) bool {
+	q.mu.Lock()
+	o := q.out
+	q.mu.Unlock()
+	if o.err == nil && o.panicked == nil && !q.w.killed() {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), q.p.cfg.KillGrace)
+	defer cancel()
+	_, err := p.on.ExecContext(ctx, "ROLLBACK TO SAVEPOINT gormbatch")
+	return err == nil
+}
+
+// discard closes a pinned connection instead of returning it to the pool.
+func discard(c *sql.Conn) {
+	c.Raw(func(any) error { return driver.ErrBadConn })
+	c.Close()
 }
 
 // stmtConn is the gorm.ConnPool a batch statement runs on: its pinned
@@ -138,35 +270,70 @@ type stmtConn struct {
 // PrepareContext, ExecContext, QueryContext and QueryRowContext make
 // stmtConn a gorm.ConnPool.
 func (c *stmtConn) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
-	ctx, query, err := c.q.begin(ctx, c.pin, query, false)
+	ctx, query, err := c.q.begin(ctx, c.pin, query)
 	if err != nil {
 		return nil, err
 	}
-	return c.pin.conn.PrepareContext(ctx, query)
+	return c.pin.on.PrepareContext(ctx, query)
 }
 
 func (c *stmtConn) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	ctx, query, err := c.q.begin(ctx, c.pin, query, false)
+	ctx, query, err := c.q.begin(ctx, c.pin, query)
 	if err != nil {
 		return nil, err
 	}
-	return c.pin.conn.ExecContext(ctx, query, args...)
+	return c.pin.on.ExecContext(ctx, query, args...)
 }
 
 func (c *stmtConn) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	ctx, query, err := c.q.begin(ctx, c.pin, query, true)
+	ctx, query, err := c.q.begin(ctx, c.pin, query)
 	if err != nil {
 		return nil, err
 	}
-	return c.pin.conn.QueryContext(ctx, query, args...)
+	return c.pin.on.QueryContext(ctx, query, args...)
 }
 
 func (c *stmtConn) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	dctx, query, err := c.q.begin(ctx, c.pin, query, true)
+	dctx, query, err := c.q.begin(ctx, c.pin, query)
 	if err != nil {
-		// A *sql.Row cannot carry an error; a done context makes
-		// database/sql return one without touching the connection.
-		return c.pin.conn.QueryRowContext(c.q.ctx, query, args...)
+		return errRow(err)
 	}
-	return c.pin.conn.QueryRowContext(dctx, query, args...)
+	return c.pin.on.QueryRowContext(dctx, query, args...)
+}
+
+// driverCtx is the context a driver sees for a batch statement: the
+// statement's values (tracing spans), but cancelled only by the watcher
+// (the query's hard context), never by the soft deadline.
+type driverCtx struct {
+	context.Context // values
+	hard            context.Context
+}
+
+func (c driverCtx) Deadline() (time.Time, bool) { return c.hard.Deadline() }
+func (c driverCtx) Done() <-chan struct{}       { return c.hard.Done() }
+func (c driverCtx) Err() error                  { return c.hard.Err() }
+
+// errRow returns a *sql.Row holding err: database/sql builds a Row's error
+// only from a statement, so this one runs on a driver of its own whose
+// statements fail with the error their context carries. Nothing is sent
+// anywhere.
+func errRow(err error) *sql.Row {
+	return errDB().QueryRowContext(context.WithValue(context.Background(), errKey{}, err), "")
+}
+
+var errDB = sync.OnceValue(func() *sql.DB { return sql.OpenDB(errConnector{}) })
+
+type (
+	errKey       struct{}
+	errConnector struct{}
+	errConn      struct{}
+)
+
+func (errConnector) Connect(context.Context) (driver.Conn, error) { return errConn{}, nil }
+func (errConnector) Driver() driver.Driver                        { return nil }
+func (errConn) Prepare(string) (driver.Stmt, error)               { return nil, errors.ErrUnsupported }
+func (errConn) Close() error                                      { return nil }
+func (errConn) Begin() (driver.Tx, error)                         { return nil, errors.ErrUnsupported }
+func (errConn) QueryContext(ctx context.Context, _ string, _ []driver.NamedValue) (driver.Rows, error) {
+	return nil, ctx.Value(errKey{}).(error)
 }

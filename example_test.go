@@ -51,5 +51,5 @@ func Example() {
 	// total done
 	// slow report timed out
 	// 2 3 -1
-	// gormbatch: 1 required query not done: slow report timed out: batch deadline 300ms: context deadline exceeded
+	// gormbatch: 1 required query not done: slow report (timed out: batch deadline 300ms: context deadline exceeded)
 }

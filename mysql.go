@@ -3,7 +3,6 @@ package gormbatch
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"math"
@@ -18,119 +17,60 @@ import (
 	"github.com/go-sql-driver/mysql"
 )
 
-// MySQL and MariaDB server cancel.
+// MySQL and MariaDB server cancel (GORM dialector "mysql").
 //
 // go-sql-driver/mysql cancels a query by closing its socket: the server
-// keeps running the query and the connection is lost. Instead, gormbatch
-// pins each batch query's connection, learns its server thread id once per
-// physical connection, hides the soft deadline from the driver, and when the
-// query's context ends sends KILL QUERY <thread id> from a reserved
-// connection outside the application's pool. The kill can reach no other
-// statement:
+// keeps running the query and the connection is lost. Here each pinned
+// connection's server thread id is learned once per physical connection,
+// and a statement is stopped with KILL QUERY <thread id> sent from a small
+// pool of reserved connections outside the application's pool (opened with
+// the same connector, so under dbresolver they reach the replica that runs
+// the query).
 //
-//   - once the query's context has ended, begin refuses to send another
-//     statement on that connection, so the only statement that can be
-//     running is the one the kill is meant for;
-//   - release waits for the kill to be answered before the connection goes
-//     back to the pool;
-//   - if no statement was seen interrupted (the kill may have landed just
-//     after its statement ended), a DO SLEEP(0) consumes it before reuse,
-//     as MySqlConnector does; servers also clear a pending KILL QUERY when
-//     the next command starts (MariaDB reset_kill_query, MySQL
-//     dispatch_command).
+// A delivered kill cannot reach a later statement: the server applies KILL
+// QUERY before it answers it, and clears a pending KILL QUERY when the next
+// command starts (MariaDB reset_kill_query, MySQL dispatch_command; measured
+// on MariaDB 10.11: 0 of 650 statements sent after an answered kill were
+// interrupted). A kill whose answer never came may still land, and the
+// generic code discards the connection then. MariaDB's KILL QUERY ID would
+// avoid the thread race altogether, but needs a PROCESSLIST lookup first,
+// which measured 2-4 ms on a busy server; the thread kill answers in well
+// under 1 ms.
 //
-// MariaDB's KILL QUERY ID would avoid the last step, but needs a
-// PROCESSLIST lookup first, which measured 2-4 ms on a busy server; the
-// thread kill answers in well under 1 ms.
-//
-// If the kill cannot be sent or the statement does not return within
-// Config.KillGrace, the driver's context is cancelled (socket closed,
-// connection discarded): Wait is never held longer than deadline + grace.
+// Reads carry the remaining time as a server-side limit: MariaDB's
+// SET STATEMENT max_statement_time, MySQL's MAX_EXECUTION_TIME hint (top
+// level SELECT only).
+
+func init() { dialects["mysql"] = mysqlDialect{} }
 
 const (
-	erQueryInterrupted  = 1317 // ER_QUERY_INTERRUPTED: KILL QUERY
-	erStatementTimeout  = 1969 // MariaDB ER_STATEMENT_TIMEOUT: max_statement_time
-	erQueryTimeout      = 3024 // MySQL ER_QUERY_TIMEOUT: MAX_EXECUTION_TIME
-	erNoSuchThread      = 1094 // ER_NO_SUCH_THREAD: the thread is gone
-	adminPoolSize       = 2
-	idCacheSweepAtLeast = 64
+	erQueryInterrupted = 1317 // ER_QUERY_INTERRUPTED: KILL QUERY
+	erStatementTimeout = 1969 // MariaDB ER_STATEMENT_TIMEOUT: max_statement_time
+	erQueryTimeout     = 3024 // MySQL ER_QUERY_TIMEOUT: MAX_EXECUTION_TIME
+	erNoSuchThread     = 1094 // ER_NO_SUCH_THREAD: the thread is gone
+	erConnKilled       = 1927 // ER_CONNECTION_KILLED: KILL CONNECTION
+	adminPoolSize      = 2
+	idCacheSweep       = 64 // sweep dead weak keys every this many new connections
 )
 
-func supportsServerCancel(dialect string) bool { return dialect == "mysql" }
+type mysqlDialect struct{}
 
-// isServerTimeout reports a statement stopped by its server-side time limit.
-func isServerTimeout(err error) bool {
-	var me *mysql.MySQLError
-	return errors.As(err, &me) && (me.Number == erStatementTimeout || me.Number == erQueryTimeout)
-}
-
-// server is what gormbatch knows of one MySQL/MariaDB server (one pool):
-// its flavour, a reserved admin pool for kills, and the thread id of each
-// physical connection it has seen.
-type server struct {
-	pool     *sql.DB
-	lookups  atomic.Int64 // connection id queries
-	consumed atomic.Int64 // DO SLEEP(0) after a kill no statement took
-
-	lock    chan struct{} // one slot: guards init
-	ready   atomic.Bool   // init succeeded; the fields below are set
-	mariadb bool
-	limits  bool // the server supports a per-statement time limit
-	admin   *sql.DB
-
-	mu  sync.Mutex
-	ids map[weak.Pointer[byte]]int64
-}
-
-// target is a thread on a server: what a kill needs.
-type target struct {
-	s  *server
-	id int64
-}
-
-func (p *Plugin) server(pool *sql.DB) *server {
-	s, _ := p.servers.LoadOrStore(pool, &server{pool: pool, lock: make(chan struct{}, 1), ids: map[weak.Pointer[byte]]int64{}})
-	return s.(*server)
-}
-
-// Close closes the reserved kill connections the plugin opened. Call it when
-// closing the *gorm.DB; batches started afterwards reopen them.
-func (p *Plugin) Close() error {
-	var errs []error
-	p.servers.Range(func(k, v any) bool {
-		p.servers.Delete(k)
-		s := v.(*server)
-		s.lock <- struct{}{}
-		if s.ready.Load() {
-			errs = append(errs, s.admin.Close())
-		}
-		<-s.lock
-		return true
-	})
-	return errors.Join(errs...)
-}
-
-// init detects the flavour and opens the admin pool, once per server. A
-// failed attempt (a cut or stalled connection) leaves nothing behind and the
-// next query tries again; waiting for another query's attempt respects the
-// caller's context.
-func (s *server) init(ctx context.Context, conn *sql.Conn) (err error) {
-	if s.ready.Load() {
-		return nil
+func (mysqlDialect) check() error {
+	if internals().connector == nil {
+		return fmt.Errorf("%w: cannot reach database/sql's connector for the kill connections", ErrUnsupported)
 	}
-	select {
-	case s.lock <- struct{}{}:
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
-	defer func() { <-s.lock }()
-	if s.ready.Load() {
-		return nil
-	}
+	return nil
+}
+
+func (mysqlDialect) savepoints() bool { return false } // a killed statement leaves the transaction usable
+
+// open detects the flavour and version and opens the kill connections.
+func (mysqlDialect) open(ctx context.Context, pool *sql.DB, q querier) (_ server, err error) {
 	var version string
-	if err := conn.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
-		return err
+	if err := q.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
+		return nil, err
 	}
+	s := &mysqlServer{version: version, ids: map[weak.Pointer[byte]]int64{}}
 	s.mariadb = strings.Contains(strings.ToLower(version), "mariadb")
 	// SET STATEMENT max_statement_time: MariaDB 10.1.2; the
 	// MAX_EXECUTION_TIME hint: MySQL 5.7.8.
@@ -138,65 +78,69 @@ func (s *server) init(ctx context.Context, conn *sql.Conn) (err error) {
 	fmt.Sscanf(version, "%d.%d.%d", &major, &minor, &patch)
 	v := major*10000 + minor*100 + patch
 	s.limits = s.mariadb && v >= 100102 || !s.mariadb && v >= 50708
-	c, err := connectorOf(s.pool)
+
+	c, err := connectorOf(pool)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	admin := sql.OpenDB(c)
-	admin.SetMaxOpenConns(adminPoolSize)
-	admin.SetMaxIdleConns(adminPoolSize)
+	s.admin = sql.OpenDB(c)
+	s.admin.SetMaxOpenConns(adminPoolSize)
+	s.admin.SetMaxIdleConns(adminPoolSize)
 	// Open them all now: a kill must not wait for a connect, and cancels
 	// must not show up as new connections later.
-	var conns []*sql.Conn
+	conns := make([]*sql.Conn, 0, adminPoolSize)
 	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
 		if err != nil {
-			admin.Close()
+			s.admin.Close()
 		}
 	}()
 	for range adminPoolSize {
-		c, err := admin.Conn(ctx)
+		c, err := s.admin.Conn(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		conns = append(conns, c)
 	}
-	s.admin = admin
-	s.ready.Store(true)
-	return nil
+	return s, nil
 }
 
-// bind returns the target for a pinned connection, asking the server for
-// the connection's thread id only the first time it sees the physical
-// connection.
-func (s *server) bind(ctx context.Context, conn *sql.Conn) (*target, error) {
-	if err := s.init(ctx, conn); err != nil {
-		return nil, fmt.Errorf("gormbatch: server cancel setup: %w", err)
-	}
-	var key weak.Pointer[byte]
-	if err := conn.Raw(func(dc any) error {
-		// The driver connection's address identifies the physical
-		// connection; a weak pointer never matches a later connection that
-		// reuses the address.
-		key = weak.Make((*byte)(unsafe.Pointer(reflect.ValueOf(dc).Pointer())))
-		return nil
-	}); err != nil {
-		return nil, err
-	}
+// mysqlServer is one MySQL or MariaDB server (one pool).
+type mysqlServer struct {
+	version string
+	mariadb bool
+	limits  bool         // the server supports a per-statement time limit
+	admin   *sql.DB      // reserved connections for kills
+	lookups atomic.Int64 // thread id lookups, for tests
+
+	mu  sync.Mutex
+	ids map[weak.Pointer[byte]]int64 // guarded by mu: thread id per physical connection
+}
+
+func (s *mysqlServer) name() string { return s.version }
+
+func (s *mysqlServer) close() error { return s.admin.Close() }
+
+// bind asks the server for the connection's thread id the first time it
+// sees the physical connection.
+func (s *mysqlServer) bind(ctx context.Context, dc any, q querier) (session, error) {
+	// The driver connection's address identifies the physical connection;
+	// a weak pointer never matches a later connection at the same address.
+	key := weak.Make((*byte)(unsafe.Pointer(reflect.ValueOf(dc).Pointer())))
 	s.mu.Lock()
 	id, ok := s.ids[key]
 	s.mu.Unlock()
 	if ok {
-		return &target{s: s, id: id}, nil
+		return &mysqlSession{s: s, id: id}, nil
 	}
 	s.lookups.Add(1)
-	if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+	if err := q.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
-	if len(s.ids) >= idCacheSweepAtLeast && len(s.ids)%idCacheSweepAtLeast == 0 {
+	if len(s.ids)%idCacheSweep == idCacheSweep-1 {
 		for k := range s.ids {
 			if k.Value() == nil {
 				delete(s.ids, k)
@@ -205,78 +149,67 @@ func (s *server) bind(ctx context.Context, conn *sql.Conn) (*target, error) {
 	}
 	s.ids[key] = id
 	s.mu.Unlock()
-	return &target{s: s, id: id}, nil
+	return &mysqlSession{s: s, id: id}, nil
 }
 
-// kill sends KILL QUERY for the target thread. It reports whether the kill
-// was delivered; false with a nil error means the thread is gone on the
-// server (its connection is dead, whatever the network says).
-func (t *target) kill(ctx context.Context) (bool, error) {
-	_, err := t.s.admin.ExecContext(ctx, fmt.Sprintf("KILL QUERY %d", t.id))
-	if isMySQLError(err, erNoSuchThread) {
-		return false, nil
-	}
-	return err == nil, err
-}
-
-// consume clears a kill that reached the thread after its statement ended
-// (MySQL bug #45679), before the connection is reused: the server either
-// reports the pending kill on this statement or has already cleared it at
-// the start of the command. Called only when no statement was seen
-// interrupted.
-func (s *server) consume(conn *sql.Conn, grace time.Duration) {
-	s.consumed.Add(1)
-	ctx, cancel := context.WithTimeout(context.Background(), grace)
-	defer cancel()
-	conn.ExecContext(ctx, "DO SLEEP(0)")
-}
-
-// withDeadline adds the server-side time limit to a read statement:
-// MariaDB SET STATEMENT max_statement_time, MySQL's MAX_EXECUTION_TIME hint
-// (top-level SELECT only). Other statements are sent unchanged.
-func (t *target) withDeadline(query string, remaining time.Duration) string {
-	if !t.s.limits {
+// limit adds the server-side time limit to a read: MariaDB's SET STATEMENT
+// max_statement_time for any read, MySQL's MAX_EXECUTION_TIME hint after
+// the top-level SELECT (merged into an optimizer-hint comment already
+// there).
+func (s *mysqlServer) limit(query string, si stmtInfo, remaining time.Duration) string {
+	if !s.limits {
 		return query
 	}
-	ms := int64(math.Ceil(float64(remaining) / float64(time.Millisecond)))
-	if ms < 1 {
-		ms = 1
+	ms := max(1, int64(math.Ceil(float64(remaining)/float64(time.Millisecond))))
+	if s.mariadb {
+		return fmt.Sprintf("SET STATEMENT max_statement_time=%d.%03d FOR %s", ms/1000, ms%1000, query)
 	}
-	head := strings.ToUpper(strings.TrimLeft(query, " \t\r\n("))
-	isSelect := strings.HasPrefix(head, "SELECT")
-	if t.s.mariadb {
-		if isSelect || strings.HasPrefix(head, "WITH") {
-			return fmt.Sprintf("SET STATEMENT max_statement_time=%d.%03d FOR %s", ms/1000, ms%1000, query)
+	switch {
+	case si.selectEnd < 0:
+		return query
+	case si.hintAt >= 0:
+		if strings.Contains(query[si.hintAt:], "MAX_EXECUTION_TIME") {
+			return query
 		}
-		return query
+		at := si.hintAt + len("/*+")
+		return fmt.Sprintf("%s MAX_EXECUTION_TIME(%d)%s", query[:at], ms, query[at:])
 	}
-	if !isSelect || strings.Contains(query, "/*+") {
-		return query
-	}
-	i := strings.Index(strings.ToUpper(query), "SELECT") + len("SELECT")
-	return fmt.Sprintf("%s /*+ MAX_EXECUTION_TIME(%d) */%s", query[:i], ms, query[i:])
+	return fmt.Sprintf("%s /*+ MAX_EXECUTION_TIME(%d) */%s", query[:si.selectEnd], ms, query[si.selectEnd:])
 }
 
-func isMySQLError(err error, number uint16) bool {
+func (s *mysqlServer) classify(err error) errKind {
 	var me *mysql.MySQLError
-	return errors.As(err, &me) && me.Number == number
+	switch {
+	case errors.As(err, &me) && me.Number == erQueryInterrupted:
+		return errInterrupted
+	case errors.As(err, &me) && (me.Number == erStatementTimeout || me.Number == erQueryTimeout):
+		return errServerLimit
+	case errors.As(err, &me) && me.Number == erConnKilled,
+		errors.Is(err, mysql.ErrInvalidConn), errors.Is(err, sql.ErrConnDone):
+		return errGone
+	}
+	return errOther
 }
 
-// connectorOf returns the connector of a *sql.DB, so the admin pool opens
-// connections to the same server with the same credentials, outside the
-// application's pool (and under dbresolver, to the replica whose pool it
-// is). database/sql does not export it; the field has been stable since Go
-// 1.10, and a change is reported as an error, never a panic.
-func connectorOf(db *sql.DB) (driver.Connector, error) {
-	f := reflect.ValueOf(db).Elem().FieldByName("connector")
-	if !f.IsValid() || f.Type() != reflect.TypeFor[driver.Connector]() {
-		return nil, fmt.Errorf("%w: cannot reach the pool's connector", ErrUnsupported)
-	}
-	c, _ := reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Interface().(driver.Connector)
-	if c == nil {
-		return nil, fmt.Errorf("%w: pool has no connector", ErrUnsupported)
-	}
-	// Wrap it so closing the admin pool never closes the application's
-	// connector (sql.DB.Close closes connectors that are io.Closers).
-	return struct{ driver.Connector }{c}, nil
+// mysqlSession is a pinned connection's server thread.
+type mysqlSession struct {
+	s  *mysqlServer
+	id int64
 }
+
+// stop sends KILL QUERY for the thread. The driver closes the socket
+// itself when the generic code cancels its context, so cut has nothing to
+// add.
+func (t *mysqlSession) stop(ctx context.Context) stopResult {
+	_, err := t.s.admin.ExecContext(ctx, fmt.Sprintf("KILL QUERY %d", t.id))
+	var me *mysql.MySQLError
+	switch {
+	case err == nil:
+		return stopDelivered
+	case errors.As(err, &me) && me.Number == erNoSuchThread:
+		return stopGone
+	}
+	return stopFailed
+}
+
+func (t *mysqlSession) cut() {}

@@ -25,53 +25,80 @@ func fromContext(ctx context.Context) *query {
 	return q
 }
 
-// errEnded is the cancel cause of a query's context once the query is over.
-var errEnded = errors.New("gormbatch: query ended")
+// phase is where a started query's goroutine is.
+type phase int
 
-// query is one query of a batch and its state machine: queued, then either
-// skipped or running; running ends in finish, the one place that decides its
-// Status and then publishes or restores its destinations.
+const (
+	running   phase = iota // in its run (closure or finder)
+	releasing              // run returned; connections going back
+	released               // connections back (or discarded)
+)
+
+// query is one query of a batch and its state machine: queued, then skipped
+// or started; a started query runs, releases its connections, and ends.
+// endLocked is the one place that decides its Status; it runs once, on the
+// query's goroutine, or on the watcher's when the query is handed off
+// (watch.go).
 type query struct {
-	// set when added
-	name     string
-	optional bool
-	timeout  time.Duration
-	timed    bool
-	run      func(tx *gorm.DB, q *query) error
+	// Set when the query is added; read-only afterwards.
 	p        *Plugin
-	tx       *gorm.DB // its own session, made by start
+	index    int     // position in the batch, from 0
+	name     string  // As; empty: a default from the method and table
+	method   string  // "Find", "Count", ...; empty for Go and GoValue
+	dest     any     // what a finder writes; nil for Go
+	pc       uintptr // the application's call that added it
+	optional bool
+	timeout  time.Duration // WithTimeout; 0: none
+	scopes   []func(*gorm.DB) *gorm.DB
+	finder   bool // no user code runs after its statements: it may be handed off
+	run      func(tx *gorm.DB, q *query) error
 
-	started   time.Time
+	// Owned by the goroutine that runs the query (Wait's until exec).
+	tx        *gorm.DB
 	ctx       context.Context // soft: batch deadline, own timeout, parent, fail-fast
 	cancel    context.CancelCauseFunc
 	stopTimer context.CancelFunc // its own timeout, if any
+	started   time.Time
+	inTx      bool      // runs on a transaction's connection
+	frames    []frame   // statements in progress (preload nests them)
+	pins      []*pin    // connections it holds (conn.go)
+	w         *watcher  // server cancel; nil without it (watch.go)
+	queued    time.Time // when its batch started
+	rs        *runState // its running batch (batch.go)
+	savepoint bool      // in a transaction under the batch's savepoint
 
-	// touched by the query's goroutine and its kill watcher
-	mu         sync.Mutex
-	frames     []frame // statements in progress (preload nests them)
-	pins       []*pin  // connections checked out, one per pool
-	active     *pin    // pin whose statement may be running on the server
-	interfered bool    // a statement was cut or refused because ctx was done
-	killed     bool    // we sent a kill for one of its statements
-	rows       int64
-	connWait   time.Duration
-	publish    []func() // run if Done
-	undo       []func() // run, last first, if not Done
+	// Guarded by mu: shared with the watcher, which may end the query
+	// before its goroutine returns.
+	mu        sync.Mutex
+	d         dests // destinations to publish or restore (dest.go)
+	rows      int64
+	table     string        // the table of its first statement, for its default name
+	connWait  time.Duration // time spent waiting for a pool connection
+	phase     phase
+	out       outcome // how its run ended, once phase > running
+	txBroken  bool    // a stopped statement left the transaction unusable
+	ended     bool    // its status is decided; destinations are the caller's again
+	handedOff bool    // ended by the watcher while its goroutine still runs
+	res       Result
+}
 
-	// server cancel (only with a MySQL/MariaDB pin)
-	hard      context.Context // what the driver sees: soft deadline removed
-	hardStop  context.CancelCauseFunc
-	stopWatch func() bool
-	watchDone chan struct{}
-	ended     chan struct{}
-
-	res Result
+// outcome is how a query's run ended, as endLocked needs it.
+type outcome struct {
+	started  bool   // false: it never got a slot
+	err      error  // what the run returned
+	inTime   bool   // it returned before its context ended
+	panicked any    // recovered panic value
+	stack    []byte // stack of the panic
+	cause    error  // its context's cause when it returned; nil if not done
 }
 
 // skip ends a query that never started.
-func (q *query) skip(ctx context.Context, batchStart time.Time) {
-	q.finish(outcome{cause: context.Cause(ctx)})
-	q.res.Waited = time.Since(batchStart)
+func (q *query) skip(ctx context.Context) {
+	q.ctx = ctx // for hooks: the batch's
+	q.mu.Lock()
+	res, undo, publish := q.endLocked(outcome{cause: context.Cause(ctx)})
+	q.mu.Unlock()
+	q.complete(res, undo, publish)
 }
 
 // start gives the query its context and session. It runs on Wait's
@@ -80,99 +107,121 @@ func (q *query) skip(ctx context.Context, batchStart time.Time) {
 func (q *query) start(parent context.Context, db *gorm.DB) {
 	q.started = time.Now()
 	base := context.WithValue(parent, ctxKey{}, q)
-	if q.timed {
+	for _, h := range q.p.cfg.Hooks {
+		if c := h.StartQuery(base, q.info()); c != nil {
+			base = c
+		}
+	}
+	if q.timeout > 0 {
 		base, q.stopTimer = context.WithTimeoutCause(base, q.timeout,
 			fmt.Errorf("query timeout %v: %w", q.timeout, context.DeadlineExceeded))
 	}
 	q.ctx, q.cancel = context.WithCancelCause(base)
 	q.tx = db.Session(&gorm.Session{Context: q.ctx})
-}
-
-// exec runs a started query on the calling goroutine and ends it.
-func (q *query) exec(batchStart time.Time) {
-	var err error
-	returned := false
-	// Deferred, so it also runs on runtime.Goexit (t.FailNow in a closure).
-	defer func() {
-		pv := recover()
-		var stack []byte
-		if pv == nil && !returned {
-			pv = "runtime.Goexit called"
-		}
-		if pv != nil {
-			stack = debug.Stack()
-		}
-		q.settle()
-		cause := context.Cause(q.ctx) // read before release cancels it
-		q.release(err)
-		q.finish(outcome{started: true, err: err, panicked: pv, stack: stack, cause: cause})
-		q.res.Waited = q.started.Sub(batchStart) + q.connWait
-		q.res.Ran = time.Since(q.started) - q.connWait
-	}()
-	err = q.run(q.tx, q)
-	returned = true
-}
-
-// settle waits for the context's timer when its deadline has already
-// passed: a socket deadline taken from the context (a dial, a read) can
-// expire a moment before the context's own timer fires, and the error it
-// gives must count as the deadline's, not as a failure.
-func (q *query) settle() {
-	if dl, ok := q.ctx.Deadline(); ok && !time.Now().Before(dl) {
-		<-q.ctx.Done()
+	if len(q.scopes) > 0 {
+		q.tx = q.tx.Scopes(q.scopes...)
 	}
 }
 
-// outcome is how a query's run ended, as finish needs it.
-type outcome struct {
-	started  bool   // false: it never got a slot
-	err      error  // what the query returned
-	panicked any    // recovered panic value
-	stack    []byte // stack of the panic
-	cause    error  // its context's cause when it returned; nil if not done
+// exec runs a started query on the calling goroutine, releases its
+// connections and ends it, on every path: errors, panics, runtime.Goexit.
+func (q *query) exec() {
+	var o outcome
+	defer func() {
+		if pv := recover(); pv != nil || !o.started {
+			if pv == nil {
+				pv = errGoexit // t.FailNow in a closure
+			}
+			o = outcome{started: true, panicked: pv, stack: debug.Stack()}
+		}
+		q.mu.Lock()
+		q.phase, q.out = releasing, o
+		q.mu.Unlock()
+		since := q.release()
+		q.mu.Lock()
+		q.phase = released
+		handed := q.handedOff
+		res, undo, publish := q.endLocked(o)
+		q.mu.Unlock()
+		q.rs.released()
+		if handed {
+			q.p.emit(q, Event{Kind: EventReclaimed, Elapsed: time.Since(since)})
+			q.p.reclaiming.Done()
+			return
+		}
+		q.complete(res, undo, publish)
+	}()
+	err := q.run(q.tx, q)
+	o = q.returned(err)
 }
 
-// finish decides the status (the only place that does) and then publishes
-// or restores destinations.
-func (q *query) finish(o outcome) {
-	r := Result{Name: q.name, Optional: q.optional, Rows: q.rows}
+// returned is the outcome of a run that returned err: whether it answered
+// in time is read here, where its last statement has returned.
+func (q *query) returned(err error) outcome {
+	o := outcome{started: true, err: err, inTime: q.ctx.Err() == nil}
+	if dl, ok := q.ctx.Deadline(); ok && !time.Now().Before(dl) {
+		// Past the deadline: not in time, even if the context's timer has
+		// not fired yet. Wait for it, so the cause is the deadline's.
+		o.inTime = false
+		<-q.ctx.Done()
+	}
+	o.cause = context.Cause(q.ctx)
+	return o
+}
+
+// endLocked decides the query's status (the only place that does), unless
+// it is already decided, and returns the result and what to do to its
+// destinations. q.mu must be held.
+func (q *query) endLocked(o outcome) (r Result, undo, publish []func()) {
+	if q.ended {
+		return q.res, nil, nil
+	}
+	q.ended = true
+	r = Result{Name: q.displayName(), Optional: q.optional, Rows: q.rows, Waited: time.Since(q.queued)}
 	err, cause := o.err, o.cause
-	cut := cause != nil && (q.interfered || q.killed || err != nil)
 	switch {
 	case !o.started:
 		r.Status, r.Err = Skipped, fmt.Errorf("%w: %w", ErrSkipped, cause)
 	case o.panicked != nil:
-		r.Status, r.Err, r.Stack = Panicked, fmt.Errorf("%w: %v", ErrPanicked, o.panicked), o.stack
-	case err == nil && !cut:
-		// Returned before its context ended, or ended without anything
-		// cut or killed. A kill racing in after the run returned (the
-		// watcher fired at the deadline just then) cannot change results
-		// already read.
+		r.Status, r.Stack = Panicked, o.stack
+		if pe, ok := o.panicked.(error); ok {
+			r.Err = fmt.Errorf("%w: %w", ErrPanicked, pe)
+		} else {
+			r.Err = fmt.Errorf("%w: %v", ErrPanicked, o.panicked)
+		}
+	case err == nil && o.inTime && !q.txBroken:
 		r.Status = Done
-	case cut && errors.Is(cause, context.DeadlineExceeded):
+	case cause != nil && errors.Is(cause, context.DeadlineExceeded):
 		r.Status, r.Err = TimedOut, wrapCause(cause, err)
-	case cut:
+	case cause != nil:
 		if !errors.Is(cause, context.Canceled) { // a custom cause: keep errors.Is(err, context.Canceled)
 			cause = fmt.Errorf("%w: %w", cause, context.Canceled)
 		}
 		r.Status, r.Err = Canceled, wrapCause(cause, err)
-	case isServerTimeout(err):
+	case q.serverLimit(err):
 		r.Status, r.Err = TimedOut, fmt.Errorf("%w: server statement limit: %w", context.DeadlineExceeded, err)
 	default:
 		r.Status, r.Err = Failed, err
 	}
-	r.Killed = q.killed && r.Status != Done
-	if r.Status == Done {
-		for _, f := range q.publish {
-			f()
-		}
-	} else {
-		for i := len(q.undo) - 1; i >= 0; i-- {
-			q.undo[i]()
-		}
+	if q.txBroken && r.Status != Done && r.Status != Panicked {
+		r.Err = fmt.Errorf("%w: %w", r.Err, ErrTxBroken)
 	}
-	q.publish, q.undo = nil, nil
+	r.Killed = r.Status != Done && q.w.killed()
+	if !q.started.IsZero() {
+		r.Waited = q.started.Sub(q.queued) + q.connWait
+		r.Ran = time.Since(q.started) - q.connWait
+	}
 	q.res = r
+	undo, publish = q.d.take()
+	return r, undo, publish
+}
+
+// complete applies the decided result to the destinations, reports it and
+// tells Wait. It runs once per query, after endLocked, without q.mu.
+func (q *query) complete(r Result, undo, publish []func()) {
+	apply(r.Status == Done, undo, publish)
+	q.p.queryEnded(q, r)
+	q.rs.settled(q)
 }
 
 // wrapCause returns the context's cause, with the query's own error when
@@ -184,59 +233,65 @@ func wrapCause(cause, err error) error {
 	return fmt.Errorf("%w (%w)", cause, err)
 }
 
-// release stops the kill watcher, cancels what the driver sees (so open rows
-// are closed, not drained) and returns every pinned connection, first
-// consuming a kill that no statement was seen to take. It runs on every
-// path, panics included, before finish touches destinations. err is what
-// the run returned.
-func (q *query) release(err error) {
-	took := isMySQLError(err, erQueryInterrupted) // the killed statement reported it
-	q.mu.Lock()
-	q.active = nil
-	q.mu.Unlock()
-	if q.stopWatch != nil {
-		close(q.ended)
-		if !q.stopWatch() {
-			<-q.watchDone
+// serverLimit reports an error from the server-side limit the plugin adds.
+func (q *query) serverLimit(err error) bool {
+	if err == nil || q.w == nil {
+		return false
+	}
+	q.w.mu.Lock()
+	defer q.w.mu.Unlock()
+	for _, p := range q.w.pins {
+		if p.srv.classify(err) == errServerLimit {
+			return true
 		}
-		q.hardStop(errEnded)
 	}
-	q.cancel(errEnded)
-	if q.stopTimer != nil {
-		q.stopTimer()
-	}
-	for _, p := range q.pins {
-		if p.killed && !p.interrupted && !took {
-			p.target.s.consume(p.conn, q.p.cfg.KillGrace)
-		}
-		p.conn.Close()
-	}
-	q.pins = nil
+	return false
 }
 
-func (q *query) onDone(f func()) { q.publish = append(q.publish, f) }
+// handoffOK reports whether the query may be handed off now (q.mu held).
+func (q *query) handoffOK() bool {
+	return !q.inTx && (q.finder || q.phase == releasing)
+}
 
-// scan runs tx.Scan into a private copy of dest, published only if Done:
-// Scan writes outside GORM's query callbacks.
-func (q *query) scan(tx *gorm.DB, dest any) error {
-	v := reflect.ValueOf(dest)
-	priv := reflect.New(v.Type().Elem())
-	if v.Kind() == reflect.Map {
-		priv = reflect.New(v.Type())
-	}
-	priv.Elem().Set(fresh(reflect.Indirect(v)))
-	res := tx.Scan(priv.Interface())
+// label is the query's name for logs and hooks.
+func (q *query) label() string {
 	q.mu.Lock()
-	q.active = nil // Scan has closed its rows: the statement is over
-	if res.Error == nil {
-		q.rows += res.RowsAffected
+	defer q.mu.Unlock()
+	return q.displayName()
+}
+
+// displayName is the query's name: As, or its method and table
+// ("Find users", "Count orders"), or "Raw #3". q.mu must be held.
+func (q *query) displayName() string {
+	switch {
+	case q.name != "":
+		return q.name
+	case q.table != "":
+		return q.p.names.get(q.method, q.table)
 	}
-	q.mu.Unlock()
-	if res.Error != nil {
-		return res.Error
+	if t := q.p.tableOf(q.dest); t != "" {
+		return q.p.names.get(q.method, t)
 	}
-	q.onDone(func() { setValue(v, priv.Elem()) })
-	return nil
+	return fmt.Sprintf("%s #%d", q.method, q.index+1)
+}
+
+// info describes the query to hooks.
+func (q *query) info() QueryInfo {
+	return QueryInfo{Name: q.label(), Index: q.index, Optional: q.optional, PC: q.pc, Dialect: q.p.dialectName}
+}
+
+// names caches default query names, so a batch does not build the same
+// "Find users" string for every query.
+type names struct{ m sync.Map }
+
+func (n *names) get(method, table string) string {
+	type key struct{ method, table string }
+	k := key{method, table}
+	if v, ok := n.m.Load(k); ok {
+		return v.(string)
+	}
+	v, _ := n.m.LoadOrStore(k, method+" "+table)
+	return v.(string)
 }
 
 // frame is a statement in progress: what the Before callback replaced, for
@@ -255,150 +310,63 @@ type frame struct {
 func (q *query) enter(db *gorm.DB, swap bool) {
 	st := db.Statement
 	f := frame{stmt: st, pool: st.ConnPool, dest: st.Dest}
-	if pool := sqlPool(st.ConnPool); pool != nil && db.Error == nil {
-		if c, err := q.pin(st.Context, pool); err != nil {
+	if db.Error == nil {
+		if sc, err := q.pinFor(db, st.ConnPool); err != nil {
 			db.AddError(err)
-		} else {
-			st.ConnPool = c
+		} else if sc != nil {
+			st.ConnPool = sc
 		}
 	}
-	q.mu.Lock()
-	top := len(q.frames) == 0
-	q.mu.Unlock()
-	if swap && top {
+	if swap && len(q.frames) == 0 {
 		// Even after an error: Count writes its destination after the
 		// callbacks whatever happened, and the undo must cover it.
 		f.priv, f.model = q.swapDest(st)
 	}
-	q.mu.Lock()
 	q.frames = append(q.frames, f)
-	q.mu.Unlock()
 }
 
 // leave is the After callback's work: publish a successful statement's
-// private destination, put back what enter replaced, and mark the
-// connection idle if the statement is over (Query and Exec statements are;
-// Row statements end when their rows are closed).
+// private destination, put back what enter replaced, and tell the watcher
+// the statement is over when it is (Query and Exec statements are; Row
+// statements end when their rows are closed).
 func (q *query) leave(db *gorm.DB, over bool) {
 	st := db.Statement
-	q.mu.Lock()
 	i := len(q.frames) - 1
 	for i >= 0 && q.frames[i].stmt != st {
 		i--
 	}
 	if i < 0 {
-		q.mu.Unlock()
 		return
 	}
 	f := q.frames[i]
 	q.frames = append(q.frames[:i], q.frames[i+1:]...)
 	top := len(q.frames) == 0
-	if over && top {
-		q.active = nil
+	if sc, ok := st.ConnPool.(*stmtConn); ok {
+		if over && top {
+			q.idle()
+		}
+		if over {
+			q.noteErr(sc.pin, db.Error)
+		}
 	}
-	if db.Error != nil && q.ctx.Err() != nil {
-		q.interfered = true
-	}
-	if sc, ok := st.ConnPool.(*stmtConn); ok && isMySQLError(db.Error, erQueryInterrupted) {
-		sc.pin.interrupted = true // it took the kill: nothing left to consume
-	}
+	st.ConnPool = f.pool
+
+	q.mu.Lock()
 	if top && db.Error == nil && db.RowsAffected > 0 { // Row statements report -1
 		q.rows += db.RowsAffected
 	}
+	if top && q.table == "" {
+		q.table = st.Table
+	}
+	if f.priv.IsValid() && db.Error == nil && !q.ended {
+		setValue(reflect.ValueOf(f.dest), f.priv.Elem())
+	}
 	q.mu.Unlock()
-
-	st.ConnPool = f.pool
 	if f.priv.IsValid() {
-		if db.Error == nil {
-			setValue(reflect.ValueOf(f.dest), f.priv.Elem())
-		}
 		if f.model {
 			st.Model = f.dest
 		}
 		st.Dest = f.dest
 		st.ReflectValue = indirect(reflect.ValueOf(f.dest))
 	}
-}
-
-// swapDest points the statement at a private copy of its destination and
-// records how to restore the original. It returns the private pointer (an
-// invalid Value if the destination is not one it can copy) and whether
-// Statement.Model, being the destination, was swapped too.
-func (q *query) swapDest(st *gorm.Statement) (priv reflect.Value, model bool) {
-	v := reflect.ValueOf(st.Dest)
-	if !v.IsValid() || (v.Kind() != reflect.Pointer && v.Kind() != reflect.Map) || v.IsNil() {
-		return reflect.Value{}, false
-	}
-	cur := reflect.Indirect(v)
-	snap := reflect.New(cur.Type())
-	if cur.Kind() == reflect.Map {
-		snap.Elem().Set(fresh(cur)) // publishing rewrites a map in place
-	} else {
-		snap.Elem().Set(cur) // publishing replaces the value, never writes into it
-	}
-	q.undo = append(q.undo, func() { setValue(v, snap.Elem()) })
-
-	priv = reflect.New(cur.Type())
-	priv.Elem().Set(fresh(cur))
-	if v.Kind() == reflect.Pointer && st.Model == st.Dest {
-		st.Model, model = priv.Interface(), true
-	}
-	if v.Kind() == reflect.Map {
-		st.Dest = priv.Elem().Interface()
-	} else {
-		st.Dest = priv.Interface()
-	}
-	st.ReflectValue = indirect(priv)
-	return priv, model
-}
-
-// fresh returns a copy of v that GORM can scan into without writing to v's
-// memory: slices start empty (GORM reuses a slice's backing array), maps and
-// pointers are copied one level deep, other values by value.
-func fresh(v reflect.Value) reflect.Value {
-	switch v.Kind() {
-	case reflect.Slice:
-		return reflect.Zero(v.Type())
-	case reflect.Map:
-		if v.IsNil() {
-			return v
-		}
-		m := reflect.MakeMapWithSize(v.Type(), v.Len())
-		for it := v.MapRange(); it.Next(); {
-			m.SetMapIndex(it.Key(), it.Value())
-		}
-		return m
-	case reflect.Pointer:
-		if v.IsNil() {
-			return v
-		}
-		p := reflect.New(v.Type().Elem())
-		p.Elem().Set(fresh(v.Elem()))
-		return p
-	}
-	return v
-}
-
-// setValue stores val into the destination dst (a pointer, or a map whose
-// contents are replaced).
-func setValue(dst, val reflect.Value) {
-	if dst.Kind() == reflect.Map {
-		dst.Clear()
-		for it := val.MapRange(); it.Next(); {
-			dst.SetMapIndex(it.Key(), it.Value())
-		}
-		return
-	}
-	dst.Elem().Set(val)
-}
-
-// indirect follows pointers like gorm's Execute does for ReflectValue.
-func indirect(v reflect.Value) reflect.Value {
-	for v.Kind() == reflect.Pointer {
-		if v.IsNil() && v.CanAddr() {
-			v.Set(reflect.New(v.Type().Elem()))
-		}
-		v = v.Elem()
-	}
-	return v
 }

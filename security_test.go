@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"log/slog"
 	"regexp"
 	"strconv"
 	"strings"
@@ -79,26 +80,20 @@ func checkPluginStatements(t *testing.T, stmts []string, victims map[int64]bool)
 // reported for the victim, however hostile the victim's SQL text, arguments
 // and name.
 func TestMySQLKillStatementsAreDigits(t *testing.T) {
-	px, db, sqlDB, _ := openProxied(t, gormbatch.Config{NoServerDeadline: true, KillGrace: faultGrace})
-	outside := openDirect(t)
+	px, s := openProxied(t, mysqlBackend, gormbatch.Config{NoServerDeadline: true, KillGrace: faultGrace})
+	outside := mysqlBackend.open(t, mysqlDSN(), &gorm.Config{Logger: logger.Discard})
 	tg := tag(t)
 	quoted := strings.ReplaceAll(strings.ReplaceAll(hostile, `\`, `\\`), "'", "''")
-	query := fmt.Sprintf("SELECT COUNT(*) FROM seq_1_to_1000 a, seq_1_to_1000 b, seq_1_to_200 c WHERE ? = '%s' /* gbtest:%s */", quoted, tg)
+	query := fmt.Sprintf("SELECT COUNT(*) FROM seq_1_to_1000 a, seq_1_to_1000 b, seq_1_to_200 c WHERE ? = '%s'", quoted) + mark(tg)
 	victims := map[int64]bool{}
 	for i := range 6 {
 		found := make(chan int64, 1)
 		go func() {
-			deadline := time.Now().Add(3 * time.Second)
-			var id int64
-			for id == 0 && time.Now().Before(deadline) {
-				outside.Raw("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE ? AND ID <> CONNECTION_ID()",
-					"%"+tagMark(tg)+"%").Scan(&id)
-				time.Sleep(2 * time.Millisecond)
-			}
+			id, _ := outside.session(tg, 3*time.Second)
 			found <- id
 		}()
 		ctx, cancel := context.WithCancel(context.Background())
-		b := gormbatch.From(db.WithContext(ctx))
+		b := gormbatch.From(s.WithContext(ctx))
 		if i%2 == 0 {
 			b = b.Timeout(200 * time.Millisecond)
 		} else {
@@ -116,7 +111,7 @@ func TestMySQLKillStatementsAreDigits(t *testing.T) {
 		if r.Status == gormbatch.Done || !r.Killed || n != -7 {
 			t.Fatalf("victim: %v killed %v dest %d: %v", r.Status, r.Killed, n, r.Err)
 		}
-		settledWithin(t, outside, tg, 5*time.Second)
+		outside.gone(t, tg, leaveWithin)
 	}
 	stmts := px.Statements()
 	kills := checkPluginStatements(t, stmts, victims)
@@ -124,7 +119,7 @@ func TestMySQLKillStatementsAreDigits(t *testing.T) {
 	if kills < 6 {
 		t.Fatalf("%d kills seen for 6 cancelled queries", kills)
 	}
-	checkPool(t, sqlDB)
+	reclaimed(t, s.p, s.sqlDB)
 }
 
 const secretPW = "S3cr3t-pw-xyz"
@@ -152,7 +147,7 @@ func (s *syncBuffer) String() string {
 // panics and cut connections, a wrong password, and a kill pool that cannot
 // log in.
 func TestMySQLNoPasswordInErrorsOrLogs(t *testing.T) {
-	root := openDirect(t)
+	root := mysqlBackend.open(t, mysqlDSN(), &gorm.Config{Logger: logger.Discard})
 	// '%' as asked, plus localhost and 127.0.0.1: where the server has an
 	// anonymous ''@'localhost' (mariadb-install-db), it would win over '%'
 	// for a client it resolves to localhost.
@@ -195,12 +190,12 @@ func TestMySQLNoPasswordInErrorsOrLogs(t *testing.T) {
 		}
 	}
 	var proxies []*faultProxy
-	open := func(pw string) (*gorm.DB, *sql.DB, *faultProxy) {
+	open := func(pw string, sc gormbatch.ServerCancel) (*gorm.DB, *sql.DB, *faultProxy, *gormbatch.Plugin) {
 		mc, err := mysql.ParseDSN(mysqlDSN())
 		if err != nil {
 			t.Fatal(redact(err))
 		}
-		px := newFaultProxy(t, mc.Addr)
+		px := newFaultProxy(t, "mysql", mc.Addr)
 		proxies = append(proxies, px)
 		mc.Addr, mc.User, mc.Passwd = px.Addr(), "gbsecret", pw
 		mc.Logger = log.New(&logs, "[mysql] ", 0)
@@ -217,30 +212,32 @@ func TestMySQLNoPasswordInErrorsOrLogs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p := gormbatch.New(gormbatch.Config{KillGrace: faultGrace})
+		p := gormbatch.New(gormbatch.Config{KillGrace: faultGrace, ServerCancel: sc,
+			Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 		if err := db.Use(p); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { p.Close() })
-		return db, sqlDB, px
+		return db, sqlDB, px, p
 	}
 
 	// The right password: kills, SQL errors, panics, a cut connection.
-	db, sqlDB, px := open(secretPW)
+	// The plugin's own records go to logs too, at Debug.
+	db, sqlDB, px, _ := open(secretPW, gormbatch.ServerCancelAuto)
 	tg := tag(t)
 	for i := range 3 {
 		var users []User
 		var booms []Boom
 		n, m, cut := int64(-1), int64(-1), int64(-1)
 		if i == 2 {
-			px.On(tagMark(tg+"cut"), cutAfter, 1, 50*time.Millisecond)
+			px.On(strings.TrimSpace(mark(tg+"cut")), cutAfter, 1, 50*time.Millisecond)
 		}
 		rep, err := gormbatch.From(db).Timeout(10*time.Second).
 			Find(&users, "id <= ?", 3).
-			Raw(&n, heavy(tg), gormbatch.As("killed"), gormbatch.WithTimeout(300*time.Millisecond)).
+			Raw(&n, mysqlBackend.heavy(tg), gormbatch.As("killed"), gormbatch.WithTimeout(300*time.Millisecond)).
 			Raw(&m, "SELECT * FROM gb_no_such_table").
 			Find(&booms, "id <= 2", gormbatch.Optional()).
-			Raw(&cut, medium(tg+"cut"), gormbatch.As("cut")).
+			Raw(&cut, mysqlBackend.medium(tg+"cut"), gormbatch.As("cut")).
 			Wait()
 		note(rep, err)
 		if err == nil || len(users) != 3 {
@@ -248,10 +245,10 @@ func TestMySQLNoPasswordInErrorsOrLogs(t *testing.T) {
 		}
 		checkPool(t, sqlDB)
 	}
-	settledWithin(t, root, tg, 5*time.Second)
+	root.gone(t, tg, leaveWithin)
 
 	// A wrong password: every query fails to connect.
-	bad, _, _ := open("wrong-" + secretPW + "-wrong")
+	bad, _, _, _ := open("wrong-"+secretPW+"-wrong", gormbatch.ServerCancelAuto)
 	var users []User
 	rep, err := gormbatch.From(bad).Timeout(2 * time.Second).Find(&users).Wait()
 	note(rep, err)
@@ -259,20 +256,29 @@ func TestMySQLNoPasswordInErrorsOrLogs(t *testing.T) {
 		t.Fatalf("wrong password: %v", err)
 	}
 
-	// The kill pool cannot log in (the password changed after the
-	// application pool connected): server-cancel setup fails.
-	late, lateSQL, _ := open(secretPW)
-	lateSQL.SetMaxIdleConns(4)
-	if err := late.Exec("SELECT 1").Error; err != nil { // an idle, logged-in connection
-		t.Fatal(err)
+	// The kill connections cannot log in (the password changed after the
+	// application pool connected): server cancel setup fails. Under
+	// ServerCancelAuto the query runs with the driver's cancel, and the
+	// failure is counted and logged; under ServerCancelRequire it fails.
+	late, lateSQL, _, lateP := open(secretPW, gormbatch.ServerCancelAuto)
+	strict, strictSQL, _, _ := open(secretPW, gormbatch.ServerCancelRequire)
+	for _, db := range []*sql.DB{lateSQL, strictSQL} {
+		db.SetMaxIdleConns(4)
+		if err := db.Ping(); err != nil { // an idle, logged-in connection
+			t.Fatal(err)
+		}
 	}
 	setPassword("another-pw-42")
 	rep, err = gormbatch.From(late).Timeout(2 * time.Second).Find(&users).Wait()
 	note(rep, err)
-	if err == nil {
-		t.Errorf("the kill pool logged in with a changed password?\n%v", rep)
+	if err != nil || lateP.Stats().SetupFailures == 0 || !strings.Contains(logs.String(), "setup failed") {
+		t.Errorf("Auto without kill connections: %v, %+v\n%v", err, lateP.Stats(), rep)
 	}
-	t.Logf("kill pool without login: %v", err)
+	rep, err = gormbatch.From(strict).Timeout(2 * time.Second).Find(&users).Wait()
+	note(rep, err)
+	if err == nil {
+		t.Errorf("Require ran a query without server cancel\n%v", rep)
+	}
 
 	var stmts []string
 	for _, p := range proxies {

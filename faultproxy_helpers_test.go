@@ -9,19 +9,22 @@ import (
 	"time"
 )
 
-// faultProxy is a loopback TCP proxy between the client and the MySQL
-// server that injects network faults. It reads both directions at all times
-// (so it sees a client hang up even while it holds its traffic) and forwards
-// what it read unless the connection is stalled: a stalled connection
-// accepts bytes and forwards nothing until it is resumed or closed.
+// faultProxy is a loopback TCP proxy between the client and a MySQL or
+// PostgreSQL server that injects network faults. It reads both directions
+// at all times (so it sees a client hang up even while it holds its
+// traffic) and forwards what it read unless the connection is stalled: a
+// stalled connection accepts bytes and forwards nothing until it is resumed
+// or closed.
 //
-// It also decodes the client's command packets, so it records every
-// statement sent through it (COM_QUERY and COM_STMT_PREPARE text) and can
-// act when a statement contains a given string: stall or cut the connection,
-// before or after forwarding that statement.
+// It also decodes the client's messages, so it records every statement
+// sent through it (MySQL COM_QUERY and COM_STMT_PREPARE text; PostgreSQL
+// Query and Parse text, and "CancelRequest" for a cancel request) and can
+// act when a statement contains a given string: stall or cut the
+// connection, before or after forwarding that statement.
 type faultProxy struct {
 	t      testing.TB
 	target string
+	decode func(pc *pconn, pending []byte) (stmts []string, rest []byte)
 	ln     net.Listener
 	wg     sync.WaitGroup
 
@@ -65,9 +68,9 @@ type pconn struct {
 	client, server net.Conn
 	stalled        bool // guarded by faultProxy.mu
 	closed         bool
-	lastSent       time.Time // when the client last sent a statement
-	clientHungUp   bool      // the client closed its side (it discarded the connection)
-	hungUpAt       time.Time // when clientHungUp was seen
+	lastSent       time.Time     // when the client last sent a statement
+	started        bool          // PostgreSQL: the startup message was read
+	hungUp         chan struct{} // closed when the client closes its side (it discarded the connection)
 	c2s, s2c       pipe
 }
 
@@ -81,15 +84,19 @@ type pipe struct {
 	eof bool
 }
 
-// newFaultProxy starts a proxy on 127.0.0.1 to target; the test's cleanup
-// closes it and waits for all its goroutines.
-func newFaultProxy(t testing.TB, target string) *faultProxy {
+// newFaultProxy starts a proxy on 127.0.0.1 to target, a server speaking
+// protocol ("mysql" or "postgres"); the test's cleanup closes it and waits
+// for all its goroutines.
+func newFaultProxy(t testing.TB, protocol, target string) *faultProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &faultProxy{t: t, target: target, ln: ln, conns: map[*pconn]bool{}}
+	p := &faultProxy{t: t, target: target, ln: ln, conns: map[*pconn]bool{}, decode: decodeMySQL}
+	if protocol == "postgres" {
+		p.decode = decodePostgres
+	}
 	p.cond = sync.NewCond(&p.mu)
 	p.wg.Add(1)
 	go p.accept()
@@ -120,7 +127,7 @@ func (p *faultProxy) accept() {
 		}
 		p.nextID++
 		p.accepted++
-		pc := &pconn{id: p.nextID, client: c, server: s, stalled: p.stallNew}
+		pc := &pconn{id: p.nextID, client: c, server: s, stalled: p.stallNew, hungUp: make(chan struct{})}
 		p.conns[pc] = true
 		p.mu.Unlock()
 		p.wg.Add(4)
@@ -142,19 +149,8 @@ func (p *faultProxy) readClient(pc *pconn) {
 		if n > 0 {
 			chunk := append([]byte(nil), buf[:n]...)
 			var stmts []string
-			pending = append(pending, chunk...)
-			for len(pending) >= 4 {
-				size := int(pending[0]) | int(pending[1])<<8 | int(pending[2])<<16
-				if len(pending) < 4+size {
-					break
-				}
-				seq, payload := pending[3], pending[4:4+size]
-				if seq == 0 && size > 0 && (payload[0] == 0x03 || payload[0] == 0x16) {
-					stmts = append(stmts, string(payload[1:]))
-				}
-				pending = pending[4+size:]
-			}
 			p.mu.Lock()
+			stmts, pending = p.decode(pc, append(pending, chunk...))
 			p.stmts = append(p.stmts, stmts...)
 			if len(stmts) > 0 {
 				pc.lastSent = time.Now()
@@ -187,7 +183,7 @@ func (p *faultProxy) readClient(pc *pconn) {
 		if err != nil {
 			p.mu.Lock()
 			if !pc.closed {
-				pc.clientHungUp, pc.hungUpAt = true, time.Now()
+				close(pc.hungUp)
 			}
 			pc.c2s.eof = true
 			p.cond.Broadcast()
@@ -277,6 +273,62 @@ func (p *faultProxy) writer(pc *pconn, d *pipe, dst net.Conn) {
 }
 
 func (p *faultProxy) flowing(pc *pconn) bool { return !p.stallAll && !pc.stalled }
+
+// decodeMySQL returns the statements of the complete command packets in
+// pending (COM_QUERY, COM_STMT_PREPARE) and what is left.
+func decodeMySQL(_ *pconn, pending []byte) (stmts []string, rest []byte) {
+	for len(pending) >= 4 {
+		size := int(pending[0]) | int(pending[1])<<8 | int(pending[2])<<16
+		if len(pending) < 4+size {
+			break
+		}
+		seq, payload := pending[3], pending[4:4+size]
+		if seq == 0 && size > 0 && (payload[0] == 0x03 || payload[0] == 0x16) {
+			stmts = append(stmts, string(payload[1:]))
+		}
+		pending = pending[4+size:]
+	}
+	return stmts, pending
+}
+
+// decodePostgres returns the statements of the complete frontend messages
+// in pending (Query and Parse text; "CancelRequest" for a cancel request)
+// and what is left. Messages before the startup message have no type byte.
+func decodePostgres(pc *pconn, pending []byte) (stmts []string, rest []byte) {
+	be32 := func(b []byte) int { return int(b[0])<<24 | int(b[1])<<16 | int(b[2])<<8 | int(b[3]) }
+	for {
+		if !pc.started {
+			if len(pending) < 8 || len(pending) < be32(pending) {
+				return stmts, pending
+			}
+			switch code := be32(pending[4:]); code {
+			case 80877102:
+				stmts = append(stmts, "CancelRequest")
+			case 80877103, 80877104: // SSL or GSS encryption request: the startup follows
+			default:
+				pc.started = true
+			}
+			pending = pending[be32(pending):]
+			continue
+		}
+		if len(pending) < 5 || len(pending) < 1+be32(pending[1:]) {
+			return stmts, pending
+		}
+		typ, payload := pending[0], pending[5:1+be32(pending[1:])]
+		switch typ {
+		case 'Q':
+			stmts = append(stmts, strings.TrimRight(string(payload), "\x00"))
+		case 'P':
+			if i := strings.IndexByte(string(payload), 0); i >= 0 {
+				q := string(payload[i+1:])
+				if j := strings.IndexByte(q, 0); j >= 0 {
+					stmts = append(stmts, q[:j])
+				}
+			}
+		}
+		pending = pending[1+be32(pending[1:]):]
+	}
+}
 
 // match returns the first armed rule one of stmts matches, counting the
 // firing. Called with mu held.
@@ -397,15 +449,11 @@ func (p *faultProxy) closeConn(pc *pconn) {
 
 // HungUp waits up to d for the client to close pc and reports whether it did.
 func (p *faultProxy) HungUp(pc *pconn, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for {
-		p.mu.Lock()
-		ok := pc.clientHungUp
-		p.mu.Unlock()
-		if ok || time.Now().After(deadline) {
-			return ok
-		}
-		time.Sleep(5 * time.Millisecond)
+	select {
+	case <-pc.hungUp:
+		return true
+	case <-time.After(d):
+		return false
 	}
 }
 

@@ -3,8 +3,10 @@ package gormbatch_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,7 +16,7 @@ import (
 	"gorm.io/gorm"
 )
 
-// Semantic 1: Wait returns at the deadline; finished queries keep their
+// Promise 1: Wait returns at the deadline; finished queries keep their
 // results, running ones are TimedOut, queued ones Skipped.
 func TestDeadline(t *testing.T) {
 	db, sqlDB := openSQLite(t, gormbatch.Config{})
@@ -60,7 +62,7 @@ func TestSkippedWhileQueued(t *testing.T) {
 	db, sqlDB := openSQLite(t, gormbatch.Config{})
 	var a, b []User
 	start := time.Now()
-	rep, err := gormbatch.From(db).Timeout(200*time.Millisecond).Limit(1).
+	rep, err := gormbatch.From(db).Timeout(200*time.Millisecond).Concurrency(1).
 		Go("slow", func(tx *gorm.DB) error { return slow(tx, 50).Find(&a).Error }).
 		Find(&b, gormbatch.As("queued")).
 		Wait()
@@ -94,7 +96,7 @@ func TestParentCancel(t *testing.T) {
 	checkPool(t, sqlDB)
 }
 
-// Semantic 2: when Wait returns no goroutine of the batch is left and every
+// Promise 2: when Wait returns no goroutine of the batch is left and every
 // connection is back, even if a closure left its rows open.
 func TestStructuredLifetime(t *testing.T) {
 	db, sqlDB := openSQLite(t, gormbatch.Config{})
@@ -123,7 +125,7 @@ func TestStructuredLifetime(t *testing.T) {
 	}
 }
 
-// Semantic 3: a destination that is not Done stays exactly as it was, down
+// Promise 4: a destination that is not Done stays exactly as it was, down
 // to the spare capacity of its backing array.
 func TestDestinationUntouchedUnlessDone(t *testing.T) {
 	db, sqlDB := openSQLite(t, gormbatch.Config{})
@@ -237,21 +239,25 @@ func TestGoValue(t *testing.T) {
 	}
 }
 
-// Semantic 4: FailFast cancels the rest at the first failure; by default
-// every query runs to its end.
+// FailFast cancels the rest at the first failure; by default every query
+// runs to its end.
 func TestFailFast(t *testing.T) {
 	db, sqlDB := openSQLite(t, gormbatch.Config{})
 	run := func(failFast bool) *gormbatch.Report {
-		b := gormbatch.From(db).Timeout(20 * time.Second).Limit(2)
+		b := gormbatch.From(db).Timeout(20 * time.Second).Concurrency(2)
 		if failFast {
 			b = b.FailFast()
 		}
+		started := make(chan struct{})
 		rep, err := b.
 			Go("bad", func(tx *gorm.DB) error {
-				tx.Raw("SELECT nap(100)").Scan(new(int)) // let slowish start
+				<-started // fail once slowish runs
 				return tx.Raw("SELECT * FROM no_such_table").Scan(&[]User{}).Error
 			}).
-			Go("slowish", func(tx *gorm.DB) error { return slow(tx, 5).Find(&[]User{}).Error }). // ~0.5 s
+			Go("slowish", func(tx *gorm.DB) error {
+				close(started)
+				return slow(tx, 5).Find(&[]User{}).Error // ~0.5 s
+			}).
 			Go("queued", func(tx *gorm.DB) error { return tx.Find(&[]User{}).Error }).
 			Wait()
 		if err == nil {
@@ -286,7 +292,9 @@ func TestFailFast(t *testing.T) {
 	checkPool(t, sqlDB)
 }
 
-// Semantic 5: Limit bounds one batch; MaxInFlight bounds all batches.
+// Concurrency bounds one batch; MaxInFlight bounds all batches, and its
+// default always leaves a connection of the pool to the rest of the
+// application.
 func TestLimits(t *testing.T) {
 	var cur, peak atomic.Int32
 	track := func(tx *gorm.DB) error {
@@ -299,7 +307,7 @@ func TestLimits(t *testing.T) {
 	batch := func(db *gorm.DB, limit int) *gormbatch.Batch {
 		b := gormbatch.From(db)
 		if limit > 0 {
-			b = b.Limit(limit)
+			b = b.Concurrency(limit)
 		}
 		for range 8 {
 			b = b.Go("q", track)
@@ -312,7 +320,7 @@ func TestLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	if p := peak.Load(); p != 2 {
-		t.Fatalf("Limit(2): peak concurrency %d", p)
+		t.Fatalf("Concurrency(2): peak concurrency %d", p)
 	}
 
 	peak.Store(0)
@@ -342,8 +350,10 @@ func TestLimits(t *testing.T) {
 	checkPool(t, sqlDB)
 }
 
-// Semantic 6: a panic is that query's status; the batch, pool and process
-// are fine.
+var errBoom = errors.New("boom")
+
+// A panic is that query's status; the batch, pool and process are fine. A
+// panic value that is an error keeps its identity for errors.Is.
 func TestPanic(t *testing.T) {
 	db, sqlDB := openSQLite(t, gormbatch.Config{})
 	var booms []Boom
@@ -352,8 +362,12 @@ func TestPanic(t *testing.T) {
 		Find(&booms, gormbatch.As("hook")).
 		Go("closure", func(tx *gorm.DB) error { panic("boom in closure") }).
 		Go("goexit", func(tx *gorm.DB) error { tx.Find(&[]User{}); runtime.Goexit(); return nil }).
+		Go("error value", func(tx *gorm.DB) error { panic(errBoom) }).
 		Find(&users, gormbatch.As("ok")).
 		Wait()
+	if r := status(t, rep, "error value", gormbatch.Panicked); !errors.Is(r.Err, errBoom) {
+		t.Errorf("a panic with an error lost its identity: %v", r.Err)
+	}
 	for _, name := range []string{"hook", "closure", "goexit"} {
 		r := status(t, rep, name, gormbatch.Panicked)
 		if !errors.Is(r.Err, gormbatch.ErrPanicked) || len(r.Stack) == 0 {
@@ -370,8 +384,8 @@ func TestPanic(t *testing.T) {
 	}
 }
 
-// Semantic 7: inside a transaction queries run one at a time, in order, on
-// the transaction's connection, under the deadline.
+// Inside a transaction queries run one at a time, in order, on the
+// transaction's connection, under the deadline.
 func TestTransaction(t *testing.T) {
 	db, sqlDB := openSQLite(t, gormbatch.Config{})
 	var order []string
@@ -409,8 +423,8 @@ func TestTransaction(t *testing.T) {
 	checkPool(t, sqlDB)
 }
 
-// Semantic 8: each query has its own session; a chained From applies to all
-// queries; preload and gorm.G work inside a batch.
+// Each query has its own session; a chained From applies to all queries;
+// Scopes to one; preload and gorm.G work inside a batch.
 func TestSessions(t *testing.T) {
 	db, _ := openSQLite(t, gormbatch.Config{})
 	var few, active []User
@@ -462,7 +476,7 @@ func TestSessions(t *testing.T) {
 	status(t, rep, "slow-generic", gormbatch.TimedOut)
 }
 
-// Semantic 9: misuse is a clear error, never a panic.
+// Misuse is a clear error, never a panic.
 func TestMisuse(t *testing.T) {
 	db, _ := openSQLite(t, gormbatch.Config{})
 	var users []User
@@ -481,7 +495,7 @@ func TestMisuse(t *testing.T) {
 		{"zero timeout", gormbatch.From(db).Timeout(0), gormbatch.ErrInvalidConfig},
 		{"negative timeout", gormbatch.From(db).Timeout(-time.Second), gormbatch.ErrInvalidConfig},
 		{"query timeout", gormbatch.From(db).Find(&users, gormbatch.WithTimeout(0)), gormbatch.ErrInvalidConfig},
-		{"limit 0", gormbatch.From(db).Limit(0), gormbatch.ErrInvalidConfig},
+		{"limit 0", gormbatch.From(db).Concurrency(0), gormbatch.ErrInvalidConfig},
 	}
 	for _, c := range cases {
 		if c.want == nil {
@@ -514,29 +528,112 @@ func TestMisuse(t *testing.T) {
 		t.Errorf("second Wait: %v", err)
 	}
 
-	for _, cfg := range []gormbatch.Config{{Timeout: -1}, {Limit: -1}, {KillGrace: -1}} {
-		if err := db.Session(&gorm.Session{}).Use(gormbatch.New(cfg)); err == nil {
-			t.Errorf("config %+v accepted", cfg)
+	// Every invalid Config fails db.Use on a fresh *gorm.DB with
+	// ErrInvalidConfig, naming the setting, and leaves no plugin behind.
+	for _, c := range []struct {
+		cfg  gormbatch.Config
+		name string
+	}{
+		{gormbatch.Config{Timeout: -1}, "Timeout"},
+		{gormbatch.Config{Concurrency: -1}, "Concurrency"},
+		{gormbatch.Config{KillGrace: -1}, "KillGrace"},
+		{gormbatch.Config{ReclaimTimeout: -1}, "ReclaimTimeout"},
+		{gormbatch.Config{ServerCancel: -1}, "ServerCancel"},
+		{gormbatch.Config{ServerCancel: 3}, "ServerCancel"},
+	} {
+		fresh, _ := openSQLitePlain(t)
+		err := fresh.Use(gormbatch.New(c.cfg))
+		if !errors.Is(err, gormbatch.ErrInvalidConfig) || !strings.Contains(err.Error(), c.name) {
+			t.Errorf("Config %+v: db.Use returned %v, want ErrInvalidConfig naming %s", c.cfg, err, c.name)
+		}
+		if _, err := gormbatch.From(fresh).Find(&users).Wait(); !errors.Is(err, gormbatch.ErrNotRegistered) {
+			t.Errorf("Config %+v: the refused plugin is registered: %v", c.cfg, err)
 		}
 	}
-	if err := gormbatch.New(gormbatch.Config{Timeout: -1}).Initialize(db); !errors.Is(err, gormbatch.ErrInvalidConfig) {
-		t.Errorf("negative Config.Timeout: %v", err)
-	}
-	if err := gormbatch.New(gormbatch.Config{ServerCancel: gormbatch.ServerCancelRequire}).Initialize(db); !errors.Is(err, gormbatch.ErrUnsupported) {
+	fresh, _ := openSQLitePlain(t)
+	if err := fresh.Use(gormbatch.New(gormbatch.Config{ServerCancel: gormbatch.ServerCancelRequire})); !errors.Is(err, gormbatch.ErrUnsupported) {
 		t.Errorf("ServerCancelRequire on SQLite: %v", err)
 	}
+}
 
-	// Writes are refused inside a batch and the table is unchanged.
-	rep, err := gormbatch.From(db).Go("write", func(tx *gorm.DB) error {
-		return tx.Create(&User{Name: "intruder"}).Error
-	}).Wait()
-	if !errors.Is(err, gormbatch.ErrWriteInBatch) || rep.Results[0].Status != gormbatch.Failed {
-		t.Errorf("write in batch: %v", err)
+// Small pools: the derived in-flight bound leaves a connection to the rest
+// of the application, so an unrelated query does not wait for a batch (a
+// pool of 2 runs the batch one query at a time).
+func TestSmallPoolLeavesAConnection(t *testing.T) {
+	db, sqlDB := openSQLite(t, gormbatch.Config{})
+	sqlDB.SetMaxOpenConns(2)
+	var cur, peak atomic.Int32
+	running := make(chan struct{}, 3)
+	b := gormbatch.From(db)
+	for i := range 3 {
+		b.Go(fmt.Sprint("slow", i), func(tx *gorm.DB) error {
+			n := cur.Add(1)
+			defer cur.Add(-1)
+			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+			}
+			running <- struct{}{}
+			return slow(tx, 2).Find(&[]User{}).Error // ~0.2 s
+		})
 	}
+	done := make(chan error, 1)
+	go func() { _, err := b.Wait(); done <- err }()
+	<-running
+	t0 := time.Now()
+	if err := db.Exec("SELECT 1").Error; err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d > 150*time.Millisecond {
+		t.Errorf("an unrelated query waited %v for the batch", d)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if p := peak.Load(); p != 1 {
+		t.Errorf("MaxOpenConns 2: peak %d batch queries, want 1", p)
+	}
+}
+
+// Default names come from the method and table; Report.String is
+// aligned and grammatical; the batch error names each failed query once.
+func TestNamesAndReport(t *testing.T) {
+	db, _ := openSQLite(t, gormbatch.Config{})
+	var users []User
 	var n int64
-	db.Model(&User{}).Where("name = ?", "intruder").Count(&n)
-	if n != 0 {
-		t.Errorf("write went through")
+	var names []string
+	var one []User
+	v := int64(-1)
+	rep, err := gormbatch.From(db).Timeout(300*time.Millisecond).
+		Find(&users).
+		Count(&n, gormbatch.Scopes(func(tx *gorm.DB) *gorm.DB { return tx.Model(&Order{}) })).
+		Pluck("name", &names, gormbatch.Scopes(func(tx *gorm.DB) *gorm.DB { return tx.Model(&User{}) })).
+		Raw(&v, "SELECT COUNT(*) FROM users WHERE nap(50) = 1").
+		Go("a rather long name for a query", func(tx *gorm.DB) error { return tx.Find(&one, "id = 1").Error }).
+		Wait()
+	want := []string{"Find users", "Count orders", "Pluck users", "Raw #4", "a rather long name for a query"}
+	for i, r := range rep.Results {
+		if r.Name != want[i] {
+			t.Errorf("query %d named %q, want %q", i, r.Name, want[i])
+		}
+	}
+	if len(users) != seedUsers || n != 2*seedUsers || len(names) != seedUsers || len(one) != 1 {
+		t.Errorf("mixed batch: %d users, %d orders, %d names, %d", len(users), n, len(names), len(one))
+	}
+	lines := strings.Split(strings.TrimSpace(rep.String()), "\n")
+	if !strings.HasPrefix(lines[0], "batch: 5 queries in ") || len(lines) != 6 {
+		t.Fatalf("report:\n%v", rep)
+	}
+	col := strings.Index(lines[1], "done")
+	for _, l := range lines[1:] {
+		if i := strings.Index(l, "  done ") + 2; i > 1 && i != col || strings.Contains(l, "timed out") && strings.Index(l, "timed out") != col {
+			t.Errorf("status column not aligned:\n%v", rep)
+		}
+	}
+	if got := err.Error(); got != "gormbatch: 1 required query not done: Raw #4 (timed out: batch deadline 300ms: context deadline exceeded)" {
+		t.Errorf("batch error %q", got)
+	}
+	rep, _ = gormbatch.From(db).Go("x", func(*gorm.DB) error { return nil }).Wait()
+	if !strings.HasPrefix(rep.String(), "batch: 1 query in ") {
+		t.Errorf("report of one query: %q", rep.String())
 	}
 }
 

@@ -74,97 +74,87 @@ func TestWrongDestinations(t *testing.T) {
 	db, sqlDB := openSQLite(t, gormbatch.Config{})
 	type S struct{ Name string }
 	type NoTable struct{ Foo int }
+	ptr := func(v any) func() any { // a fresh pointer to a copy of v
+		return func() any {
+			p := reflect.New(reflect.TypeOf(v))
+			p.Elem().Set(reflect.ValueOf(v))
+			return p.Interface()
+		}
+	}
+	raw := func(sql string) func(*gorm.DB) *gorm.DB { return func(db *gorm.DB) *gorm.DB { return db.Raw(sql) } }
+	type call struct {
+		method string // Find, First, Take, Pluck, Count, Raw, Scan
+		arg    string // Pluck's column, Raw's SQL
+		conds  []any
+	}
 	cases := []struct {
-		name  string
-		from  func(*gorm.DB) *gorm.DB
-		dest  func() any // a fresh destination holding a sentinel
-		plain func(tx *gorm.DB, dest any) error
-		batch func(b *gormbatch.Batch, dest any) *gormbatch.Batch
+		name string
+		from func(*gorm.DB) *gorm.DB
+		dest func() any // a fresh destination holding a sentinel
+		call
 	}{
-		{"Find(&int) of a model", model, func() any { v := 7; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Find(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Find(d) }},
-		{"Find(&string)", plain, func() any { v := "sentinel"; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Find(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Find(d) }},
-		{"Find(&[]int) of a model", model, func() any { v := []int{7}; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Find(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Find(d) }},
-		{"Find(&chan)", plain, func() any { v := make(chan int); return &v },
-			func(tx *gorm.DB, d any) error { return tx.Find(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Find(d) }},
-		{"Find(&func)", plain, func() any { v := func() {}; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Find(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Find(d) }},
-		{"Find(&any)", plain, func() any { var v any = 7; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Find(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Find(d) }},
-		{"Find(&[]User) with a bad column", plain, func() any { v := []User{sentinelUser}; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Find(d, "no_such_column = ?", 1).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Find(d, "no_such_column = ?", 1) }},
-		{"Find(&[]NoTable)", plain, func() any { v := []NoTable{{Foo: 7}}; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Find(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Find(d) }},
-		{"Find(&[2]User)", plain, func() any { v := [2]User{sentinelUser}; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Find(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Find(d) }},
-		{"First(&map) without a model", plain, func() any { v := map[string]any{"sentinel": 1}; return &v },
-			func(tx *gorm.DB, d any) error { return tx.First(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.First(d) }},
-		{"First(&int) of a model", model, func() any { v := 7; return &v },
-			func(tx *gorm.DB, d any) error { return tx.First(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.First(d) }},
-		{"Take(&[]string) of a model", model, func() any { v := []string{"sentinel"}; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Take(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Take(d) }},
-		{"Pluck into a struct", model, func() any { v := S{Name: "sentinel"}; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Pluck("name", d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Pluck("name", d) }},
-		{"Pluck strings into []int", model, func() any { v := []int{7}; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Pluck("name", d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Pluck("name", d) }},
-		{"Pluck into *int", model, func() any { v := 7; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Pluck("name", d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Pluck("name", d) }},
-		{"Pluck a missing column", model, func() any { v := []string{"sentinel"}; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Pluck("no_such_column", d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Pluck("no_such_column", d) }},
+		{"Find(&int) of a model", model, ptr(7), call{method: "Find"}},
+		{"Find(&string)", plain, ptr("sentinel"), call{method: "Find"}},
+		{"Find(&[]int) of a model", model, ptr([]int{7}), call{method: "Find"}},
+		{"Find(&chan)", plain, ptr(make(chan int)), call{method: "Find"}},
+		{"Find(&func)", plain, ptr(func() {}), call{method: "Find"}},
+		{"Find(&any)", plain, func() any { var v any = 7; return &v }, call{method: "Find"}},
+		{"Find(&[]User) with a bad column", plain, ptr([]User{sentinelUser}), call{method: "Find", conds: []any{"no_such_column = ?", 1}}},
+		{"Find(&[]NoTable)", plain, ptr([]NoTable{{Foo: 7}}), call{method: "Find"}},
+		{"Find(&[2]User)", plain, ptr([2]User{sentinelUser}), call{method: "Find"}},
+		{"First(&map) without a model", plain, ptr(map[string]any{"sentinel": 1}), call{method: "First"}},
+		{"First(&int) of a model", model, ptr(7), call{method: "First"}},
+		{"Take(&[]string) of a model", model, ptr([]string{"sentinel"}), call{method: "Take"}},
+		{"Pluck into a struct", model, ptr(S{Name: "sentinel"}), call{method: "Pluck", arg: "name"}},
+		{"Pluck strings into []int", model, ptr([]int{7}), call{method: "Pluck", arg: "name"}},
+		{"Pluck into *int", model, ptr(7), call{method: "Pluck", arg: "name"}},
+		{"Pluck a missing column", model, ptr([]string{"sentinel"}), call{method: "Pluck", arg: "no_such_column"}},
 		// The parse error comes before the statement runs, and gorm's
 		// Count writes into the destination anyway (promise 4).
-		{"Count without a model", plain, func() any { v := int64(7); return &v },
-			func(tx *gorm.DB, d any) error { return tx.Count(d.(*int64)).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Count(d.(*int64)) }},
-		{"Raw into a struct with a chan", plain, func() any { v := struct{ X chan int }{}; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Raw("SELECT 1 AS x").Scan(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Raw(d, "SELECT 1 AS x") }},
-		{"Raw text into *int", plain, func() any { v := 7; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Raw("SELECT name FROM users WHERE id = 1").Scan(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch {
-				return b.Raw(d, "SELECT name FROM users WHERE id = 1")
-			}},
-		{"Raw invalid SQL", plain, func() any { v := []User{sentinelUser}; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Raw("SELEC oops").Scan(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Raw(d, "SELEC oops") }},
-		{"Raw with missing args", plain, func() any { v := []User{sentinelUser}; return &v },
-			func(tx *gorm.DB, d any) error {
-				return tx.Raw("SELECT * FROM users WHERE id = ? AND name = ?", 1).Scan(d).Error
-			},
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch {
-				return b.Raw(d, "SELECT * FROM users WHERE id = ? AND name = ?", 1)
-			}},
-		{"Scan text into *float64", func(db *gorm.DB) *gorm.DB { return db.Raw("SELECT name FROM users WHERE id = 2") },
-			func() any { v := 7.5; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Scan(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Scan(d) }},
-		{"Find(&**User)", plain, func() any { u := &User{Name: "sentinel"}; return &u },
-			func(tx *gorm.DB, d any) error { return tx.Find(d, "id = ?", 3).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Find(d, "id = ?", 3) }},
-		{"Find(map) without a pointer", model, func() any { return map[string]any{"sentinel": 1} },
-			func(tx *gorm.DB, d any) error { return tx.Where("id = ?", 4).Find(d).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Find(d, "id = ?", 4) }},
-		{"Find(&Order) of the User model", model, func() any { v := Order{Amount: -1}; return &v },
-			func(tx *gorm.DB, d any) error { return tx.Find(d, "id = ?", 5).Error },
-			func(b *gormbatch.Batch, d any) *gormbatch.Batch { return b.Find(d, "id = ?", 5) }},
+		{"Count without a model", plain, ptr(int64(7)), call{method: "Count"}},
+		{"Raw into a struct with a chan", plain, ptr(struct{ X chan int }{}), call{method: "Raw", arg: "SELECT 1 AS x"}},
+		{"Raw text into *int", plain, ptr(7), call{method: "Raw", arg: "SELECT name FROM users WHERE id = 1"}},
+		{"Raw invalid SQL", plain, ptr([]User{sentinelUser}), call{method: "Raw", arg: "SELEC oops"}},
+		{"Raw with missing args", plain, ptr([]User{sentinelUser}), call{method: "Raw", arg: "SELECT * FROM users WHERE id = ? AND name = ?", conds: []any{1}}},
+		{"Scan text into *float64", raw("SELECT name FROM users WHERE id = 2"), ptr(7.5), call{method: "Scan"}},
+		{"Find(&*User)", plain, func() any { u := &User{Name: "sentinel"}; return &u }, call{method: "Find", conds: []any{"id = ?", 3}}},
+		{"Find(map) without a pointer", model, func() any { return map[string]any{"sentinel": 1} }, call{method: "Find", conds: []any{"id = ?", 4}}},
+		{"Find(&Order) of the User model", model, ptr(Order{Amount: -1}), call{method: "Find", conds: []any{"id = ?", 5}}},
+	}
+	// plainCall runs c on plain GORM; batchCall adds it to a batch.
+	plainCall := func(c call, tx *gorm.DB, d any) error {
+		switch c.method {
+		case "Find":
+			return tx.Find(d, c.conds...).Error
+		case "First":
+			return tx.First(d, c.conds...).Error
+		case "Take":
+			return tx.Take(d, c.conds...).Error
+		case "Pluck":
+			return tx.Pluck(c.arg, d).Error
+		case "Count":
+			return tx.Count(d.(*int64)).Error
+		case "Raw":
+			return tx.Raw(c.arg, c.conds...).Scan(d).Error
+		}
+		return tx.Scan(d).Error
+	}
+	batchCall := func(c call, b *gormbatch.Batch, d any) *gormbatch.Batch {
+		switch c.method {
+		case "Find":
+			return b.Find(d, c.conds...)
+		case "First":
+			return b.First(d, c.conds...)
+		case "Take":
+			return b.Take(d, c.conds...)
+		case "Pluck":
+			return b.Pluck(c.arg, d)
+		case "Count":
+			return b.Count(d.(*int64))
+		case "Raw":
+			return b.Raw(d, c.arg, c.conds...)
+		}
+		return b.Scan(d)
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -174,7 +164,7 @@ func TestWrongDestinations(t *testing.T) {
 			var plainPanic any
 			func() {
 				defer func() { plainPanic = recover() }()
-				plainErr = c.plain(c.from(db.Session(&gorm.Session{NewDB: true})), want)
+				plainErr = plainCall(c.call, c.from(db.Session(&gorm.Session{NewDB: true})), want)
 			}()
 
 			dest := c.dest()
@@ -187,7 +177,7 @@ func TestWrongDestinations(t *testing.T) {
 						t.Fatalf("Wait panicked: %v", pv)
 					}
 				}()
-				rep, err = c.batch(gormbatch.From(c.from(db)), dest).Wait()
+				rep, err = batchCall(c.call, gormbatch.From(c.from(db)), dest).Wait()
 			}()
 			if rep == nil {
 				// Rejected when added (ErrInvalidDest): fine if clear.
@@ -334,7 +324,7 @@ func TestConcurrentUse(t *testing.T) {
 							return int64(i%7 + 1), nil
 						})
 					case 3:
-						b.Limit(3).Raw(&counts[i], "SELECT COUNT(*) FROM users WHERE id <= ?", i%7+1, gormbatch.As(fmt.Sprintf("q%d", i)))
+						b.Concurrency(3).Raw(&counts[i], "SELECT COUNT(*) FROM users WHERE id <= ?", i%7+1, gormbatch.As(fmt.Sprintf("q%d", i)))
 					}
 				}
 			}()
@@ -455,13 +445,15 @@ func TestHugeTimeouts(t *testing.T) {
 		run(t, db)
 		checkPool(t, sqlDB)
 	})
-	for _, cfg := range []gormbatch.Config{{Timeout: 1000 * time.Hour}, {Timeout: 1000 * time.Hour, NoServerDeadline: true}} {
-		t.Run(fmt.Sprintf("mysql/NoServerDeadline=%v", cfg.NoServerDeadline), func(t *testing.T) {
-			db, sqlDB, _ := openMySQL(t, cfg)
-			run(t, db)
-			checkPool(t, sqlDB)
-		})
-	}
+	eachServer(t, func(t *testing.T, be *backend) {
+		for _, cfg := range []gormbatch.Config{{Timeout: 1000 * time.Hour}, {Timeout: 1000 * time.Hour, NoServerDeadline: true}} {
+			t.Run(fmt.Sprintf("NoServerDeadline=%v", cfg.NoServerDeadline), func(t *testing.T) {
+				s := openServer(t, be, cfg)
+				run(t, s.DB)
+				checkPool(t, s.sqlDB)
+			})
+		}
+	})
 }
 
 // A batch of 10 000 fast queries: every query Done with its own result, the
@@ -522,7 +514,7 @@ func TestTenThousandQueries(t *testing.T) {
 func TestServerCancelRequireUnsupported(t *testing.T) {
 	db, _ := openSQLite(t, gormbatch.Config{})
 	sqlDB, _ := db.DB()
-	for _, name := range []string{"sqlite", "postgres", "sqlserver", ""} {
+	for _, name := range []string{"sqlite", "sqlserver", "clickhouse", ""} {
 		dial := namedDialector{sqlite.Dialector{Conn: sqlDB}, name}
 		other, err := gorm.Open(dial, &gorm.Config{Logger: logger.Discard})
 		if err != nil {

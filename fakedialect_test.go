@@ -1,0 +1,258 @@
+package gormbatch
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mattn/go-sqlite3"
+	"gorm.io/driver/sqlite"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+)
+
+// A scripted server dialect, in the spirit of database/sql's fakedb: SQLite
+// runs the statements, and SELECT block() is a statement that runs until
+// the script ends it. The script decides what a stop answers and when, and
+// what the statement does when it is stopped or cut, so every branch of the
+// cancel path (watch.go, conn.go) runs deterministically, with no server.
+
+const fakeDriver = "sqlite3_gormbatch_fake"
+
+var fakeConnects atomic.Int64 // physical connections opened
+
+func init() {
+	dialects["fake"] = fakeDialect{}
+	sql.Register(fakeDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
+		fakeConnects.Add(1)
+		return c.RegisterFunc("block", func() (int64, error) { return theScript().block() }, false)
+	}})
+}
+
+// plan is what the scripted server does.
+type plan struct {
+	stopAfter  time.Duration // the stop answers after this long
+	stopResult stopResult    // and answers this
+	onStop     string        // what the statement does when the stop starts: "" (keeps running), "return" (returns its row)
+	onAnswer   string        // ... when a delivered stop is answered: "interrupt" (fails), "" (keeps running)
+	stopNever  bool          // the stop never answers (until its context ends)
+}
+
+// script is the running test's server.
+type script struct {
+	plan
+	started chan struct{} // closed when the statement starts
+	end     chan error    // the statement returns this (nil: its row)
+	once    sync.Once
+	stops   atomic.Int32
+	cuts    atomic.Int32
+}
+
+var current atomic.Pointer[script]
+
+func theScript() *script { return current.Load() }
+
+func newScript(p plan) *script {
+	s := &script{plan: p, started: make(chan struct{}), end: make(chan error, 1)}
+	current.Store(s)
+	return s
+}
+
+func (s *script) block() (int64, error) {
+	close(s.started)
+	if err := <-s.end; err != nil {
+		return 0, err
+	}
+	return 7, nil
+}
+
+// finish ends the statement (once).
+func (s *script) finish(err error) { s.once.Do(func() { s.end <- err }) }
+
+var (
+	errFakeInterrupted = errors.New("fake: interrupted")
+	errFakeCut         = errors.New("fake: connection cut")
+)
+
+type fakeDialect struct{}
+
+func (fakeDialect) check() error     { return nil }
+func (fakeDialect) savepoints() bool { return false }
+func (fakeDialect) open(context.Context, *sql.DB, querier) (server, error) {
+	return fakeServer{}, nil
+}
+
+type fakeServer struct{}
+
+func (fakeServer) bind(context.Context, any, querier) (session, error) { return fakeSession{}, nil }
+func (fakeServer) limit(q string, _ stmtInfo, _ time.Duration) string  { return q }
+func (fakeServer) name() string                                        { return "fake" }
+func (fakeServer) close() error                                        { return nil }
+func (fakeServer) classify(err error) errKind {
+	if err != nil && strings.Contains(err.Error(), errFakeInterrupted.Error()) {
+		return errInterrupted
+	}
+	return errOther
+}
+
+type fakeSession struct{}
+
+func (fakeSession) stop(ctx context.Context) stopResult {
+	s := theScript()
+	s.stops.Add(1)
+	if s.onStop == "return" {
+		s.finish(nil)
+	}
+	wait := s.stopAfter
+	if s.stopNever {
+		wait = time.Hour
+	}
+	select {
+	case <-time.After(wait):
+	case <-ctx.Done():
+		return stopFailed
+	}
+	if s.stopResult == stopDelivered && s.onAnswer == "interrupt" {
+		s.finish(errFakeInterrupted)
+	}
+	return s.stopResult
+}
+
+func (fakeSession) cut() {
+	s := theScript()
+	s.cuts.Add(1)
+	s.finish(errFakeCut)
+}
+
+// fakeDialector is SQLite under the dialect name "fake".
+type fakeDialector struct{ sqlite.Dialector }
+
+func (fakeDialector) Name() string { return "fake" }
+
+func openFake(t *testing.T, cfg Config) (*gorm.DB, *sql.DB, *Plugin) {
+	t.Helper()
+	dsn := "file:" + filepath.Join(t.TempDir(), "fake.db")
+	db, err := gorm.Open(fakeDialector{sqlite.Dialector{DriverName: fakeDriver, DSN: dsn}}, &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sqlDB, _ := db.DB()
+	sqlDB.SetMaxOpenConns(1)
+	sqlDB.SetMaxIdleConns(1)
+	t.Cleanup(func() { sqlDB.Close() })
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	p := New(cfg)
+	if err := db.Use(p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	if err := db.Exec("SELECT 1").Error; err != nil { // open the pool's connection
+		t.Fatal(err)
+	}
+	return db, sqlDB, p
+}
+
+// TestFakeCancelPath runs each branch of the cancel path on the scripted
+// dialect: a 100ms deadline, KillGrace 100ms, one connection. Each case
+// checks the status, Killed, Wait's bound, the destination, and whether the
+// connection was kept or discarded (a new physical connection opened).
+func TestFakeCancelPath(t *testing.T) {
+	const deadline, grace = 100 * time.Millisecond, 100 * time.Millisecond
+	const bound = deadline + grace + 150*time.Millisecond // scheduling allowance under -race
+	cases := []struct {
+		name    string
+		s       plan
+		closure bool // a Go closure (not handed off while it runs)
+		status  Status
+		kept    bool   // the connection went back to the pool
+		cut     bool   // its socket was cut
+		handoff bool   // Wait returned before the connection was back
+		release string // after Wait: "answer" lets the statement return, "" waits for ReclaimTimeout
+	}{
+		{name: "kill delivered", s: plan{stopAfter: 5 * time.Millisecond, stopResult: stopDelivered, onAnswer: "interrupt"},
+			status: TimedOut, kept: true},
+		{name: "kill lands after the statement returned", s: plan{stopAfter: 30 * time.Millisecond, stopResult: stopDelivered, onStop: "return"},
+			status: TimedOut, kept: true},
+		{name: "kill fails", s: plan{stopAfter: 5 * time.Millisecond, stopResult: stopFailed},
+			status: TimedOut, cut: true},
+		{name: "session gone", s: plan{stopAfter: 5 * time.Millisecond, stopResult: stopGone},
+			status: TimedOut, cut: true},
+		{name: "statement never returns, finder", s: plan{stopAfter: 5 * time.Millisecond, stopResult: stopDelivered},
+			status: TimedOut, kept: true, handoff: true, release: "answer"},
+		{name: "statement never returns, reclaim timeout", s: plan{stopAfter: 5 * time.Millisecond, stopResult: stopDelivered},
+			status: TimedOut, cut: true, handoff: true},
+		{name: "statement never returns, closure", s: plan{stopAfter: 5 * time.Millisecond, stopResult: stopDelivered},
+			closure: true, status: TimedOut, cut: true},
+		{name: "kill answered after the budget", s: plan{stopAfter: 3 * grace, stopResult: stopDelivered, onStop: "return"},
+			status: TimedOut, kept: true, handoff: true},
+		{name: "kill never answered, statement returned", s: plan{stopNever: true, onStop: "return"},
+			status: TimedOut, handoff: true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			db, sqlDB, p := openFake(t, Config{KillGrace: grace, ReclaimTimeout: 300 * time.Millisecond})
+			s := newScript(c.s)
+			connects := fakeConnects.Load()
+			v := int64(-1)
+			b := From(db).Timeout(deadline)
+			if c.closure {
+				b.Go("q", func(tx *gorm.DB) error { return tx.Raw("SELECT block()").Scan(&v).Error })
+			} else {
+				b.Raw(&v, "SELECT block()", As("q"))
+			}
+			rep, err := b.Wait()
+			if rep == nil {
+				t.Fatal(err)
+			}
+			r := rep.Results[0]
+			t.Logf("Wait %v: %v %v; stops %d, cuts %d; %+v", rep.Elapsed, r.Status, r.Err, s.stops.Load(), s.cuts.Load(), p.Stats())
+			if r.Status != c.status || !r.Killed || err == nil {
+				t.Errorf("status %v killed %v err %v; want %v, killed", r.Status, r.Killed, err, c.status)
+			}
+			if rep.Elapsed > bound {
+				t.Errorf("Wait took %v, bound %v", rep.Elapsed, bound)
+			}
+			if v != -1 {
+				t.Errorf("destination written: %d", v)
+			}
+			st := p.Stats()
+			if (st.Handoffs == 1) != c.handoff {
+				t.Errorf("handoffs %d, want handoff %v", st.Handoffs, c.handoff)
+			}
+			if c.handoff {
+				if st.Reclaiming != 1 || sqlDB.Stats().InUse != 1 {
+					t.Errorf("after a handoff: reclaiming %d, InUse %d", st.Reclaiming, sqlDB.Stats().InUse)
+				}
+				if c.release == "answer" {
+					s.finish(errFakeInterrupted) // the server answers the stopped statement late
+				}
+				p.reclaiming.Wait()
+			}
+			if n := sqlDB.Stats().InUse; n != 0 {
+				t.Errorf("InUse %d after the query ended", n)
+			}
+			if (s.cuts.Load() > 0) != c.cut {
+				t.Errorf("cuts %d, want cut %v", s.cuts.Load(), c.cut)
+			}
+			// The connection was kept iff the next statement needs no new one.
+			if err := db.Exec("SELECT 1").Error; err != nil {
+				t.Fatal(err)
+			}
+			if kept := fakeConnects.Load() == connects; kept != c.kept {
+				t.Errorf("connection kept %v, want %v", kept, c.kept)
+			}
+			if st := p.Stats(); st.KillsSent < 1 || st.TimedOut != 1 || st.Reclaiming != 0 || st.InFlight != 0 {
+				t.Errorf("stats %+v", st)
+			}
+		})
+	}
+}

@@ -1,0 +1,221 @@
+package gormbatch
+
+import "strings"
+
+// stmtInfo is what the plugin reads from a statement's text: whether it is
+// a read, and where its first SELECT keyword ends (for MySQL's
+// MAX_EXECUTION_TIME hint).
+type stmtInfo struct {
+	read      bool
+	selectEnd int // offset just after the first SELECT keyword; -1 if none
+	hintAt    int // offset of a /*+ ... */ comment right after that SELECT; -1 if none
+}
+
+// readFirst are the first keywords of a read statement.
+var readFirst = map[string]bool{
+	"SELECT": true, "WITH": true, "SHOW": true, "EXPLAIN": true, "DESCRIBE": true,
+	"DESC": true, "VALUES": true, "TABLE": true,
+}
+
+// writes are keywords that make a statement a write where a statement may
+// start: first in the text, first inside parentheses (a data-modifying CTE),
+// or after the CTE list of a WITH.
+var writes = map[string]bool{
+	"INSERT": true, "UPDATE": true, "DELETE": true, "MERGE": true, "REPLACE": true,
+	"CALL": true, "DO": true, "HANDLER": true, "LOAD": true, "COPY": true,
+}
+
+// classify reads a statement's text. A statement is a read when its first
+// keyword (after whitespace, comments and opening parentheses) is SELECT,
+// WITH, SHOW, EXPLAIN, DESCRIBE/DESC, VALUES or TABLE, and no write keyword
+// (INSERT, UPDATE, DELETE, MERGE, REPLACE, CALL, DO, HANDLER, LOAD, COPY)
+// stands where a statement can start: first inside parentheses (a
+// data-modifying CTE) or, in a WITH or EXPLAIN, after the CTE list or the
+// options - unless "(" follows, which makes it a function such as
+// REPLACE(...). INTO at the top level (SELECT ... INTO a table, a file or
+// variables) and a second statement after ";" also make it a write. Locking
+// reads (FOR UPDATE, FOR SHARE) are reads. Quoted text and comments are
+// skipped; MySQL's executable comments (/*! ... */) are read as code.
+func classify(sql string) stmtInfo {
+	info := stmtInfo{selectEnd: -1, hintAt: -1}
+	lx := lexer{s: sql}
+	first := ""
+	depth, selectDepth := 0, -1
+	atStart := true // a statement may start at the next word
+	for {
+		tok, end := lx.next()
+		if tok == "" {
+			break
+		}
+		switch tok {
+		case "(":
+			depth++
+			atStart = true
+			continue
+		case ")":
+			depth = max(0, depth-1)
+			// After a CTE body or EXPLAIN's options, the statement itself.
+			atStart = depth == 0 && (first == "WITH" || first == "EXPLAIN")
+			continue
+		case ";":
+			if t, _ := lx.peek(); t != "" {
+				return info // a second statement
+			}
+			continue
+		}
+		word := strings.ToUpper(tok)
+		if first == "" {
+			first = word
+			if !readFirst[word] {
+				return info
+			}
+		}
+		if word == "SELECT" && (selectDepth < 0 || depth < selectDepth) {
+			info.selectEnd, info.hintAt, selectDepth = end, lx.hintNext(), depth
+		}
+		if next, _ := lx.peek(); atStart && writes[word] && next != "(" || word == "INTO" && depth == 0 {
+			return info
+		}
+		atStart = first == "EXPLAIN" && depth == 0 && explainOptions[word]
+	}
+	info.read = first != ""
+	return info
+}
+
+// explainOptions are the words after which EXPLAIN's statement starts.
+var explainOptions = map[string]bool{
+	"EXPLAIN": true, "ANALYZE": true, "EXTENDED": true, "PARTITIONS": true, "VERBOSE": true,
+	"FORMAT": true, "=": true, "JSON": true, "TRADITIONAL": true, "TREE": true,
+}
+
+// lexer splits SQL into words, numbers and single punctuation characters,
+// skipping whitespace, comments and quoted text.
+type lexer struct {
+	s string
+	i int
+}
+
+// next returns the next token and the offset just after it ("" at the end).
+func (l *lexer) next() (string, int) {
+	l.skip()
+	if l.i >= len(l.s) {
+		return "", l.i
+	}
+	start := l.i
+	c := l.s[l.i]
+	switch {
+	case isWordByte(c):
+		for l.i < len(l.s) && isWordByte(l.s[l.i]) {
+			l.i++
+		}
+	case c == '\'' || c == '"' || c == '`':
+		l.quoted(c)
+		return "q", l.i // a literal or quoted identifier: never a keyword
+	case c == '$' && l.dollar():
+		return "q", l.i
+	default:
+		l.i++
+	}
+	return l.s[start:l.i], l.i
+}
+
+// peek returns the next token without consuming it.
+func (l *lexer) peek() (string, int) {
+	save := l.i
+	t, e := l.next()
+	l.i = save
+	return t, e
+}
+
+// hintNext returns the offset of an optimizer-hint comment (/*+ ... */)
+// that follows at once, or -1.
+func (l *lexer) hintNext() int {
+	j := l.i
+	for j < len(l.s) && isSpace(l.s[j]) {
+		j++
+	}
+	if strings.HasPrefix(l.s[j:], "/*+") {
+		return j
+	}
+	return -1
+}
+
+// skip passes whitespace and comments; the markers of MySQL's executable
+// comments (/*!, /*!50000, /*M!) are skipped and their content read.
+func (l *lexer) skip() {
+	for l.i < len(l.s) {
+		rest := l.s[l.i:]
+		switch {
+		case isSpace(rest[0]):
+			l.i++
+		case strings.HasPrefix(rest, "--") || rest[0] == '#':
+			if j := strings.IndexByte(rest, '\n'); j >= 0 {
+				l.i += j + 1
+			} else {
+				l.i = len(l.s)
+			}
+		case strings.HasPrefix(rest, "/*!") || strings.HasPrefix(rest, "/*M!"):
+			l.i += strings.IndexByte(rest, '!') + 1
+			for l.i < len(l.s) && l.s[l.i] >= '0' && l.s[l.i] <= '9' {
+				l.i++
+			}
+		case strings.HasPrefix(rest, "*/"): // end of an executable comment
+			l.i += 2
+		case strings.HasPrefix(rest, "/*"):
+			if j := strings.Index(rest[2:], "*/"); j >= 0 {
+				l.i += j + 4
+			} else {
+				l.i = len(l.s)
+			}
+		default:
+			return
+		}
+	}
+}
+
+// quoted passes a quoted string or identifier; a doubled quote or a
+// backslash escapes the quote.
+func (l *lexer) quoted(q byte) {
+	l.i++
+	for l.i < len(l.s) {
+		c := l.s[l.i]
+		switch {
+		case c == '\\' && q != '`':
+			l.i += 2
+			continue
+		case c == q && l.i+1 < len(l.s) && l.s[l.i+1] == q:
+			l.i += 2
+			continue
+		case c == q:
+			l.i++
+			return
+		}
+		l.i++
+	}
+}
+
+// dollar passes a PostgreSQL dollar-quoted string ($$...$$, $tag$...$tag$)
+// and reports whether there was one.
+func (l *lexer) dollar() bool {
+	rest := l.s[l.i:]
+	j := 1
+	for j < len(rest) && (isWordByte(rest[j]) && !(rest[j] >= '0' && rest[j] <= '9' && j == 1)) {
+		j++
+	}
+	if j >= len(rest) || rest[j] != '$' {
+		return false
+	}
+	tag := rest[:j+1]
+	if k := strings.Index(rest[j+1:], tag); k >= 0 {
+		l.i += j + 1 + k + len(tag)
+	} else {
+		l.i = len(l.s)
+	}
+	return true
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' }
+
+func isWordByte(c byte) bool {
+	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c >= 0x80
+}
