@@ -6,7 +6,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"gorm.io/gorm"
@@ -316,12 +315,13 @@ func (c driverCtx) Err() error                  { return c.hard.Err() }
 // errRow returns a *sql.Row holding err: database/sql builds a Row's error
 // only from a statement, so this one runs on a driver of its own whose
 // statements fail with the error their context carries. Nothing is sent
-// anywhere.
+// anywhere, and the throwaway pool is closed at once (a Row keeps its
+// error, not its pool).
 func errRow(err error) *sql.Row {
-	return errDB().QueryRowContext(context.WithValue(context.Background(), errKey{}, err), "")
+	db := sql.OpenDB(errConnector{})
+	defer db.Close()
+	return db.QueryRowContext(context.WithValue(context.Background(), errKey{}, err), "")
 }
-
-var errDB = sync.OnceValue(func() *sql.DB { return sql.OpenDB(errConnector{}) })
 
 type (
 	errKey       struct{}

@@ -25,3 +25,16 @@ func Rewrite(mariadb bool, query string, remainingMS int) string {
 
 // IsRead reports whether the plugin treats query as a read.
 func IsRead(query string) bool { return classify(query).read }
+
+// KillPoolWait returns how often, and how long in all, MySQL kills waited
+// for one of the plugin's reserved kill connections.
+func KillPoolWait(p *Plugin) (n int64, d time.Duration) {
+	p.servers.Range(func(_, v any) bool {
+		if s, ok := v.(*serverSlot).srv.Load().(*mysqlServer); ok {
+			st := s.admin.Stats()
+			n, d = n+st.WaitCount, d+st.WaitDuration
+		}
+		return true
+	})
+	return n, d
+}

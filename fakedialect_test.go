@@ -41,8 +41,10 @@ type plan struct {
 	stopAfter  time.Duration // the stop answers after this long
 	stopResult stopResult    // and answers this
 	onStop     string        // what the statement does when the stop starts: "" (keeps running), "return" (returns its row)
-	onAnswer   string        // ... when a delivered stop is answered: "interrupt" (fails), "" (keeps running)
+	onAnswer   string        // ... when a delivered stop is answered: "interrupt" (fails), "second" (fails at the second stop), "" (keeps running)
 	stopNever  bool          // the stop never answers (until its context ends)
+	bindErr    error         // bind fails with it
+	stmtErr    error         // the statement fails with it at once
 }
 
 // script is the running test's server.
@@ -67,6 +69,9 @@ func newScript(p plan) *script {
 
 func (s *script) block() (int64, error) {
 	close(s.started)
+	if s.stmtErr != nil {
+		return 0, s.stmtErr
+	}
 	if err := <-s.end; err != nil {
 		return 0, err
 	}
@@ -79,6 +84,7 @@ func (s *script) finish(err error) { s.once.Do(func() { s.end <- err }) }
 var (
 	errFakeInterrupted = errors.New("fake: interrupted")
 	errFakeCut         = errors.New("fake: connection cut")
+	errFakeLimit       = errors.New("fake: statement limit")
 )
 
 type fakeDialect struct{}
@@ -91,13 +97,21 @@ func (fakeDialect) open(context.Context, *sql.DB, querier) (server, error) {
 
 type fakeServer struct{}
 
-func (fakeServer) bind(context.Context, any, querier) (session, error) { return fakeSession{}, nil }
-func (fakeServer) limit(q string, _ stmtInfo, _ time.Duration) string  { return q }
-func (fakeServer) name() string                                        { return "fake" }
-func (fakeServer) close() error                                        { return nil }
+func (fakeServer) bind(context.Context, any, querier) (session, error) {
+	if s := theScript(); s != nil && s.bindErr != nil {
+		return nil, s.bindErr
+	}
+	return fakeSession{}, nil
+}
+func (fakeServer) limit(q string, _ stmtInfo, _ time.Duration) string { return q }
+func (fakeServer) name() string                                       { return "fake" }
+func (fakeServer) close() error                                       { return nil }
 func (fakeServer) classify(err error) errKind {
-	if err != nil && strings.Contains(err.Error(), errFakeInterrupted.Error()) {
+	switch {
+	case err != nil && strings.Contains(err.Error(), errFakeInterrupted.Error()):
 		return errInterrupted
+	case err != nil && strings.Contains(err.Error(), errFakeLimit.Error()):
+		return errServerLimit
 	}
 	return errOther
 }
@@ -119,16 +133,17 @@ func (fakeSession) stop(ctx context.Context) stopResult {
 	case <-ctx.Done():
 		return stopFailed
 	}
-	if s.stopResult == stopDelivered && s.onAnswer == "interrupt" {
+	if s.stopResult == stopDelivered && (s.onAnswer == "interrupt" || s.onAnswer == "second" && s.stops.Load() == 2) {
 		s.finish(errFakeInterrupted)
 	}
 	return s.stopResult
 }
 
-func (fakeSession) cut() {
+func (fakeSession) cut() bool {
 	s := theScript()
 	s.cuts.Add(1)
 	s.finish(errFakeCut)
+	return true
 }
 
 // fakeDialector is SQLite under the dialect name "fake".
@@ -177,9 +192,15 @@ func TestFakeCancelPath(t *testing.T) {
 		cut     bool   // its socket was cut
 		handoff bool   // Wait returned before the connection was back
 		release string // after Wait: "answer" lets the statement return, "" waits for ReclaimTimeout
+		stops   int32  // exactly this many stops sent (0: at least one)
 	}{
 		{name: "kill delivered", s: plan{stopAfter: 5 * time.Millisecond, stopResult: stopDelivered, onAnswer: "interrupt"},
 			status: TimedOut, kept: true},
+		// The first kill reaches the session between two commands of the
+		// statement and is ignored; the second, sent KillGrace/2 later,
+		// stops it within the budget.
+		{name: "first kill lands between two commands", s: plan{stopAfter: 5 * time.Millisecond, stopResult: stopDelivered, onAnswer: "second"},
+			status: TimedOut, kept: true, stops: 2},
 		{name: "kill lands after the statement returned", s: plan{stopAfter: 30 * time.Millisecond, stopResult: stopDelivered, onStop: "return"},
 			status: TimedOut, kept: true},
 		{name: "kill fails", s: plan{stopAfter: 5 * time.Millisecond, stopResult: stopFailed},
@@ -239,6 +260,9 @@ func TestFakeCancelPath(t *testing.T) {
 			}
 			if n := sqlDB.Stats().InUse; n != 0 {
 				t.Errorf("InUse %d after the query ended", n)
+			}
+			if c.stops > 0 && s.stops.Load() != c.stops {
+				t.Errorf("%d stops sent, want %d", s.stops.Load(), c.stops)
 			}
 			if (s.cuts.Load() > 0) != c.cut {
 				t.Errorf("cuts %d, want cut %v", s.cuts.Load(), c.cut)

@@ -91,8 +91,12 @@ func (s *pgServer) bind(ctx context.Context, dc any, q querier) (session, error)
 	probed := s.probed
 	s.mu.Unlock()
 	if !probed {
+		// Cut like a statement if ctx ends (see cut).
+		stop := context.AfterFunc(ctx, func() { pg.Conn().Close() })
 		var pid uint32
-		if err := q.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		err := q.QueryRowContext(context.WithoutCancel(ctx), "SELECT pg_backend_pid()").Scan(&pid)
+		stop()
+		if err != nil {
 			return nil, err
 		}
 		s.mu.Lock()
@@ -127,7 +131,11 @@ func (s pgSession) stop(ctx context.Context) stopResult {
 	return stopDelivered
 }
 
-// cut closes the socket itself: cancelling pgx's context may only start a
-// cancel request and a delayed close (CancelRequestContextWatcherHandler
-// with a DeadlineDelay).
-func (s pgSession) cut() { s.pg.Conn().Close() }
+// cut closes the socket itself: cancelling pgx's context would run the
+// application's pgx cancel handler, which may send a cancel request, sleep
+// 100 ms and close only after its DeadlineDelay
+// (CancelRequestContextWatcherHandler).
+func (s pgSession) cut() bool {
+	s.pg.Conn().Close()
+	return true
+}

@@ -106,10 +106,19 @@ func postgresDSN() string {
 
 // openPostgresDSN opens dsn without the plugin, counting its connections.
 func openPostgresDSN(t testing.TB, env, dsn string, gcfg *gorm.Config) *serverDB {
+	return openPostgresWith(t, env, dsn, gcfg, nil)
+}
+
+// openPostgresWith is openPostgresDSN with pgx's configuration changed by
+// tune (if not nil).
+func openPostgresWith(t testing.TB, env, dsn string, gcfg *gorm.Config, tune func(*pgx.ConnConfig)) *serverDB {
 	t.Helper()
 	pc, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		t.Fatalf("%s: %s", env, redactPostgres(err.Error()))
+	}
+	if tune != nil {
+		tune(pc)
 	}
 	s := &serverDB{be: postgresBackend, connects: new(atomic.Int64)}
 	s.sqlDB = sql.OpenDB(counting{stdlib.GetConnector(*pc), s.connects})

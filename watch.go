@@ -79,7 +79,7 @@ func (q *query) watch() *watcher {
 // stop can reach a session between two commands of one statement (pgx
 // prepares on a statement-cache miss, go-sql-driver/mysql prepares
 // statements with arguments) and be ignored; so while a stopped statement
-// is still running, the stop is sent again, KillGrace later and then at
+// is still running, the stop is sent again, KillGrace/2 later and then at
 // doubling intervals. That is safe: begin sends nothing new after the end,
 // and the connection is reused only once every stop has its answer.
 func (w *watcher) onCancel() {
@@ -92,7 +92,7 @@ func (w *watcher) onCancel() {
 	w.mu.Lock()
 	w.timer = time.AfterFunc(time.Until(end.Add(q.p.cfg.KillGrace)), w.budgetOver)
 	w.mu.Unlock()
-	for again := q.p.cfg.KillGrace; ; again *= 2 {
+	for again := max(q.p.cfg.KillGrace/2, time.Millisecond); ; again *= 2 {
 		if !w.stopActive() {
 			return
 		}
@@ -200,10 +200,13 @@ func (w *watcher) cut(cause error) {
 	}
 	w.mu.Unlock()
 	w.abandon()
-	w.hardStop(cause)
+	hard := len(cut) == 0 // nothing to cut: stop whatever the driver runs
 	for _, p := range cut {
-		p.sess.cut()
+		hard = !p.sess.cut() || hard
 		w.q.p.emit(w.q, Event{Kind: EventCut, Server: p.srv.name(), Err: cause})
+	}
+	if hard {
+		w.hardStop(cause)
 	}
 }
 
