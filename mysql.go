@@ -49,7 +49,7 @@ const (
 	erQueryTimeout     = 3024 // MySQL ER_QUERY_TIMEOUT: MAX_EXECUTION_TIME
 	erNoSuchThread     = 1094 // ER_NO_SUCH_THREAD: the thread is gone
 	erConnKilled       = 1927 // ER_CONNECTION_KILLED: KILL CONNECTION
-	idCacheSweep       = 64 // sweep dead weak keys every this many new connections
+	idCacheSweep       = 64   // sweep dead weak keys every this many new connections
 )
 
 type mysqlDialect struct{}
