@@ -47,7 +47,12 @@ func WithTimeout(d time.Duration) QueryOption {
 //		Find(&users, "active = ?", true).
 //		Count(&n, gormbatch.Scopes(func(tx *gorm.DB) *gorm.DB { return tx.Model(&Order{}) }))
 func Scopes(funcs ...func(*gorm.DB) *gorm.DB) QueryOption {
-	return option(func(q *query) { q.scopes = append(q.scopes, funcs...) })
+	return option(func(q *query) {
+		if q.scopes == nil {
+			q.scopes = new([]func(*gorm.DB) *gorm.DB)
+		}
+		*q.scopes = append(*q.scopes, funcs...)
+	})
 }
 
 // Batch is a group of read queries run concurrently under one deadline.
@@ -123,23 +128,29 @@ func (b *Batch) FailFast() *Batch {
 // Find adds db.Find(dest, conds...). dest is written only if the query ends
 // Done. QueryOptions may follow the conditions.
 func (b *Batch) Find(dest any, conds ...any) *Batch {
-	return b.finder("Find", dest, conds, (*gorm.DB).Find, callerPC())
+	return b.finder("Find", dest, conds, runFind, callerPC())
 }
 
 // First adds db.First(dest, conds...); see Find.
 func (b *Batch) First(dest any, conds ...any) *Batch {
-	return b.finder("First", dest, conds, (*gorm.DB).First, callerPC())
+	return b.finder("First", dest, conds, runFirst, callerPC())
 }
 
 // Take adds db.Take(dest, conds...); see Find.
 func (b *Batch) Take(dest any, conds ...any) *Batch {
-	return b.finder("Take", dest, conds, (*gorm.DB).Take, callerPC())
+	return b.finder("Take", dest, conds, runTake, callerPC())
 }
 
 // Last adds db.Last(dest, conds...); see Find.
 func (b *Batch) Last(dest any, conds ...any) *Batch {
-	return b.finder("Last", dest, conds, (*gorm.DB).Last, callerPC())
+	return b.finder("Last", dest, conds, runLast, callerPC())
 }
+
+// The finders' runs (functions, not closures: a query holds its arguments).
+func runFind(tx *gorm.DB, q *query) error  { return tx.Find(q.dest, q.conds...).Error }
+func runFirst(tx *gorm.DB, q *query) error { return tx.First(q.dest, q.conds...).Error }
+func runTake(tx *gorm.DB, q *query) error  { return tx.Take(q.dest, q.conds...).Error }
+func runLast(tx *gorm.DB, q *query) error  { return tx.Last(q.dest, q.conds...).Error }
 
 // Count adds db.Count(count) on the query's session: set the table with
 // the *gorm.DB given to From (Model, Table) or with Scopes. *count is
@@ -280,14 +291,24 @@ func (b *Batch) set(f func() error) *Batch {
 	return b
 }
 
-func (b *Batch) finder(method string, dest any, args []any, f func(*gorm.DB, any, ...any) *gorm.DB, pc uintptr) *Batch {
+func (b *Batch) finder(method string, dest any, args []any, run func(*gorm.DB, *query) error, pc uintptr) *Batch {
 	conds, opts := splitOptions(args)
-	return b.add(method, dest, opts, pc, func(tx *gorm.DB, _ *query) error {
-		return f(tx, dest, conds...).Error
-	})
+	return b.addQuery(&query{method: method, dest: dest, conds: conds, pc: pc, finder: true, run: run}, dest, opts)
 }
 
+// splitOptions separates QueryOptions from a finder's conditions (args
+// itself when it holds none).
 func splitOptions(args []any) (rest []any, opts []QueryOption) {
+	i := 0
+	for i < len(args) {
+		if _, ok := args[i].(QueryOption); ok {
+			break
+		}
+		i++
+	}
+	if i == len(args) {
+		return args, nil
+	}
 	for _, a := range args {
 		if o, ok := a.(QueryOption); ok {
 			opts = append(opts, o)
@@ -306,35 +327,49 @@ func (b *Batch) add(method string, dest any, opts []QueryOption, pc uintptr, run
 // addQuery validates and appends q; dest, if not nil, must be a pointer or
 // map no other query of the batch writes.
 func (b *Batch) addQuery(q *query, dest any, opts []QueryOption) *Batch {
-	return b.set(func() error {
-		q.p = b.p
-		for _, o := range opts {
-			o.apply(q)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.check(q, dest, opts); err != nil {
+		if b.err == nil {
+			b.err = err
 		}
-		label := q.name
-		if label == "" {
-			label = q.method
+		return b
+	}
+	q.index = int32(len(b.queries))
+	b.queries = append(b.queries, q)
+	return b
+}
+
+// check applies q's options and validates it (b.mu held).
+func (b *Batch) check(q *query, dest any, opts []QueryOption) error {
+	if b.waited {
+		return ErrWaited
+	}
+	q.p = b.p
+	for _, o := range opts {
+		o.apply(q)
+	}
+	label := q.name
+	if label == "" {
+		label = q.method
+	}
+	if q.timeout < 0 {
+		return fmt.Errorf("%w: WithTimeout of %q must be positive", ErrInvalidConfig, label)
+	}
+	if q.finder || dest != nil {
+		key, err := destKey(dest)
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrInvalidDest, label, err)
 		}
-		if q.timeout < 0 {
-			return fmt.Errorf("%w: WithTimeout of %q must be positive", ErrInvalidConfig, label)
+		if b.dests[key] {
+			return fmt.Errorf("%w: %s: destination already used by another query of the batch", ErrInvalidDest, label)
 		}
-		if q.finder || dest != nil {
-			key, err := destKey(dest)
-			if err != nil {
-				return fmt.Errorf("%w: %s: %v", ErrInvalidDest, label, err)
-			}
-			if b.dests[key] {
-				return fmt.Errorf("%w: %s: destination already used by another query of the batch", ErrInvalidDest, label)
-			}
-			if b.dests == nil {
-				b.dests = map[uintptr]bool{}
-			}
-			b.dests[key] = true
+		if b.dests == nil {
+			b.dests = map[uintptr]bool{}
 		}
-		q.index = len(b.queries)
-		b.queries = append(b.queries, q)
-		return nil
-	})
+		b.dests[key] = true
+	}
+	return nil
 }
 
 // destKey checks that dest is a non-nil pointer or map and returns its
@@ -354,17 +389,74 @@ func destKey(dest any) (uintptr, error) {
 
 // runState is what the queries of one running batch share.
 type runState struct {
-	p      *Plugin
-	wg     sync.WaitGroup      // queries started and not settled
-	local  *semaphore.Weighted // this batch's concurrency
-	global *semaphore.Weighted // MaxInFlight; nil: unbounded or nested
-	fail   func(*query)        // FailFast
+	p       *Plugin
+	start   time.Time           // when Wait started
+	ctx     context.Context     // the batch's
+	queries int                 // in the batch
+	wg      sync.WaitGroup      // queries started and not settled
+	local   *semaphore.Weighted // this batch's concurrency
+	global  *semaphore.Weighted // MaxInFlight; nil: unbounded or nested
+	fail    func(*query)        // FailFast
+	w       watched
+}
+
+// watched are the watchers (watch.go) whose onCancel the batch's context
+// starts when it ends: one context.AfterFunc for the batch, not one per
+// query. Guarded by mu.
+type watched struct {
+	mu        sync.Mutex
+	stop      func() bool // stops the batch's AfterFunc; nil until a watcher registers
+	cancelled bool        // the batch's context ended: onCancel started for every watcher
+	ws        []*watcher  // registered; nil where one left (watcher.slot)
+}
+
+// watch registers w; if the batch's context has ended it starts w's
+// onCancel at once.
+func (rs *runState) watch(w *watcher) {
+	rs.w.mu.Lock()
+	defer rs.w.mu.Unlock()
+	if rs.w.cancelled {
+		go w.onCancel()
+		return
+	}
+	if rs.w.stop == nil {
+		rs.w.ws = make([]*watcher, 0, rs.queries)
+		rs.w.stop = context.AfterFunc(rs.ctx, rs.cancelAll)
+	}
+	w.slot = len(rs.w.ws)
+	rs.w.ws = append(rs.w.ws, w)
+}
+
+// unwatch removes w and reports whether its onCancel had not been started
+// (then it never will).
+func (rs *runState) unwatch(w *watcher) bool {
+	rs.w.mu.Lock()
+	defer rs.w.mu.Unlock()
+	if rs.w.cancelled {
+		return false
+	}
+	rs.w.ws[w.slot] = nil
+	return true
+}
+
+// cancelAll starts the onCancel of every watcher when the batch's context
+// ends.
+func (rs *runState) cancelAll() {
+	rs.w.mu.Lock()
+	defer rs.w.mu.Unlock()
+	rs.w.cancelled = true
+	for _, w := range rs.w.ws {
+		if w != nil {
+			go w.onCancel()
+		}
+	}
+	rs.w.ws = nil
 }
 
 // settled is called once per query, when its status is decided.
 func (rs *runState) settled(q *query) {
 	rs.fail(q)
-	if rs.local != nil && !q.started.IsZero() {
+	if rs.local != nil && q.started > 0 {
 		rs.local.Release(1)
 		rs.wg.Done()
 	}
@@ -409,7 +501,13 @@ func (b *Batch) run(qs []*query) (*Report, error) {
 		defer cancel()
 	}
 
-	rs := &runState{p: p}
+	rs := &runState{p: p, start: start, ctx: ctx, queries: len(qs)}
+	defer func() {
+		if rs.w.stop != nil {
+			rs.w.stop()
+		}
+	}()
+	rep := &Report{Results: make([]Result, len(qs))}
 	var failOnce sync.Once
 	rs.fail = func(q *query) {
 		if b.failFast && !q.optional && q.res.Status != Done {
@@ -417,8 +515,8 @@ func (b *Batch) run(qs []*query) (*Report, error) {
 		}
 	}
 	inTx := isTx(b.db)
-	for _, q := range qs {
-		q.queued, q.inTx, q.rs = start, inTx, rs
+	for i, q := range qs {
+		q.res, q.inTx, q.rs = &rep.Results[i], inTx, rs
 	}
 	if inTx {
 		b.runTx(ctx, qs)
@@ -426,12 +524,10 @@ func (b *Batch) run(qs []*query) (*Report, error) {
 		b.runPool(ctx, parent, qs, rs)
 	}
 
-	rep := &Report{Results: make([]Result, len(qs))}
 	var failed []Result
-	for i, q := range qs {
-		rep.Results[i] = q.res
-		if q.res.Status != Done && !q.optional {
-			failed = append(failed, q.res)
+	for _, r := range rep.Results {
+		if r.Status != Done && !r.Optional {
+			failed = append(failed, r)
 		}
 	}
 	rep.Elapsed = time.Since(start)

@@ -30,9 +30,9 @@ type pin struct {
 	// Guarded by the query's watcher.mu.
 	active   bool       // a statement may be running on it
 	stopSent bool       // the watcher asked the server to stop it
-	stop     stopResult // the answer
 	cut      bool       // its socket was cut
 	dead     bool       // a statement reported the session gone
+	stop     stopResult // the answer
 }
 
 // pinFor returns the statement connection for a GORM connection pool,
@@ -45,7 +45,11 @@ func (q *query) pinFor(db *gorm.DB, cp gorm.ConnPool) (*stmtConn, error) {
 			return &p.sc, nil
 		}
 	}
-	p := &pin{key: cp}
+	p := &q.pin0
+	if len(q.pins) > 0 {
+		p = &pin{}
+	}
+	p.key = cp
 	switch c := cp.(type) {
 	case *sql.DB:
 		t0 := time.Now()
@@ -117,10 +121,10 @@ func (q *query) bind(db *gorm.DB, p *pin) error {
 	var srv server
 	var sess session
 	if err == nil {
-		srv, err = q.p.server(w.hard, pool, p.on)
+		srv, err = q.p.server(w, pool, p.on)
 	}
 	if err == nil {
-		sess, err = srv.bind(w.hard, dc, p.on)
+		sess, err = srv.bind(w, dc, p.on)
 	}
 	if err != nil {
 		q.p.setupFailed(q, err)
@@ -150,15 +154,22 @@ func (q *query) begin(ctx context.Context, p *pin, query string) (context.Contex
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	// Kill safety (watch.go): the check and marking it active are one
-	// critical section with respect to onCancel.
-	if q.ctx.Err() != nil {
+	// critical section with respect to onCancel. The batch's context is
+	// done before onCancel runs for it; the query's may lag an instant.
+	if q.ctx.Err() != nil || q.parent.Err() != nil {
+		<-q.ctx.Done()
 		return nil, "", context.Cause(q.ctx)
 	}
 	p.active = true
 	if dl, ok := q.ctx.Deadline(); ok && !q.p.cfg.NoServerDeadline {
-		query = p.srv.limit(query, info, time.Until(dl))
+		// KillGrace later than the deadline: the kill stops the
+		// statement, the limit is the safety net if it cannot.
+		query = p.srv.limit(query, info, time.Until(dl)+q.p.cfg.KillGrace)
 	}
-	return driverCtx{ctx, w.hard}, query, nil
+	if ctx == q.ctx { // no statement-level values (tracing): the query's
+		return w, query, nil
+	}
+	return driverCtx{ctx, w}, query, nil
 }
 
 // idle tells the watcher that no statement of the query runs any more.
@@ -203,15 +214,16 @@ func (q *query) noteErr(p *pin, err error) {
 // has the answers of the stops it sent, a connection goes back to the pool
 // if nothing was sent to it or its stop was delivered, and is discarded
 // otherwise. A transaction's connection that is not safe marks the query
-// txBroken. It runs on every path, panics included, and returns when the
-// query was handed off (zero if it was not).
-func (q *query) release() (since time.Time) {
+// txBroken. It runs on every path, panics included.
+func (q *query) release() {
 	w := q.w
 	if w != nil {
 		w.end()
-		since = w.close()
+		w.close()
 	}
-	q.cancel(errEnded)
+	if q.cancel != nil {
+		q.cancel(errEnded) // database/sql closes rows a closure left open
+	}
 	if q.stopTimer != nil {
 		q.stopTimer()
 	}
@@ -234,7 +246,6 @@ func (q *query) release() (since time.Time) {
 		}
 	}
 	q.pins = nil
-	return since
 }
 
 // rollback returns a transaction to the batch's savepoint after a query
@@ -242,9 +253,9 @@ func (q *query) release() (since time.Time) {
 // within KillGrace, and reports whether the transaction is usable.
 func (q *query) rollback(p *pin) bool {
 	q.mu.Lock()
-	o := q.out
+	o := q.w.out
 	q.mu.Unlock()
-	if o.err == nil && o.panicked == nil && !q.w.killed() {
+	if o.err == nil && o.panic == nil && !q.w.killed() {
 		return true
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), q.p.cfg.KillGrace)
@@ -299,18 +310,6 @@ func (c *stmtConn) QueryRowContext(ctx context.Context, query string, args ...an
 	}
 	return c.pin.on.QueryRowContext(dctx, query, args...)
 }
-
-// driverCtx is the context a driver sees for a batch statement: the
-// statement's values (tracing spans), but cancelled only by the watcher
-// (the query's hard context), never by the soft deadline.
-type driverCtx struct {
-	context.Context // values
-	hard            context.Context
-}
-
-func (c driverCtx) Deadline() (time.Time, bool) { return c.hard.Deadline() }
-func (c driverCtx) Done() <-chan struct{}       { return c.hard.Done() }
-func (c driverCtx) Err() error                  { return c.hard.Err() }
 
 // errRow returns a *sql.Row holding err: database/sql builds a Row's error
 // only from a statement, so this one runs on a driver of its own whose

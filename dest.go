@@ -15,46 +15,54 @@ import (
 // query computes outside GORM's callbacks (Scan, GoValue, batch-level Count)
 // are published only when Done.
 
-// dests is what a query must do to its destinations when it ends. It is
-// guarded by query.mu, and never touched again once the query has ended
-// (query.ended): the destinations are the caller's then.
-type dests struct {
-	undo    []func() // restore a destination; run last first if not Done
-	publish []func() // store a private result in its destination; run if Done
+// dests is what a query must do to its destinations when it ends: store a
+// private result if Done, or restore a destination published early if not.
+// It is guarded by query.mu, and never touched again once the query has
+// ended (query.ended): the destinations are the caller's then.
+type dests []action
+
+type action struct {
+	f    func()
+	undo bool // run, last first, if not Done; else run if Done
 }
 
-// take returns the actions to run at the end and forgets them.
-func (d *dests) take() (undo, publish []func()) {
-	undo, publish = d.undo, d.publish
-	d.undo, d.publish = nil, nil
-	return undo, publish
+// take returns the actions and forgets them.
+func (d *dests) take() dests {
+	acts := *d
+	*d = nil
+	return acts
 }
 
-// apply runs publish if done, else undo (last first).
-func apply(done bool, undo, publish []func()) {
+// apply runs the publish actions if done, else the undo ones (last first).
+func (d dests) apply(done bool) {
 	if done {
-		for _, f := range publish {
-			f()
+		for _, a := range d {
+			if !a.undo {
+				a.f()
+			}
 		}
 		return
 	}
-	for i := len(undo) - 1; i >= 0; i-- {
-		undo[i]()
+	for i := len(d) - 1; i >= 0; i-- {
+		if d[i].undo {
+			d[i].f()
+		}
 	}
 }
 
 // onDone registers f to run if the query ends Done.
 func (q *query) onDone(f func()) {
 	q.mu.Lock()
-	q.d.publish = append(q.d.publish, f)
+	q.d = append(q.d, action{f: f})
 	q.mu.Unlock()
 }
 
-// swapDest points the statement at a private copy of its destination and
+// swapDest points the statement at a private copy of its destination. If
+// the copy will be published early (early: a Go closure may read it), it
 // records how to restore the original. It returns the private pointer (an
 // invalid Value if the destination is not one it can copy, or the query has
 // ended) and whether Statement.Model, being the destination, was swapped too.
-func (q *query) swapDest(st *gorm.Statement) (priv reflect.Value, model bool) {
+func (q *query) swapDest(st *gorm.Statement, early bool) (priv reflect.Value, model bool) {
 	v := reflect.ValueOf(st.Dest)
 	if !v.IsValid() || (v.Kind() != reflect.Pointer && v.Kind() != reflect.Map) || v.IsNil() {
 		return reflect.Value{}, false
@@ -65,13 +73,15 @@ func (q *query) swapDest(st *gorm.Statement) (priv reflect.Value, model bool) {
 		return reflect.Value{}, false
 	}
 	cur := reflect.Indirect(v)
-	snap := reflect.New(cur.Type())
-	if cur.Kind() == reflect.Map {
-		snap.Elem().Set(fresh(cur)) // publishing rewrites a map in place
-	} else {
-		snap.Elem().Set(cur) // publishing replaces the value, never writes into it
+	if early {
+		snap := reflect.New(cur.Type())
+		if cur.Kind() == reflect.Map {
+			snap.Elem().Set(fresh(cur)) // publishing rewrites a map in place
+		} else {
+			snap.Elem().Set(cur) // publishing replaces the value, never writes into it
+		}
+		q.d = append(q.d, action{f: func() { setValue(v, snap.Elem()) }, undo: true})
 	}
-	q.d.undo = append(q.d.undo, func() { setValue(v, snap.Elem()) })
 	q.mu.Unlock()
 
 	priv = reflect.New(cur.Type())

@@ -83,7 +83,7 @@ type session interface {
 }
 
 // stopResult is the answer to a stop.
-type stopResult int
+type stopResult uint8
 
 const (
 	stopNone      stopResult = iota // not sent (or no answer yet)

@@ -178,8 +178,10 @@ func openFake(t *testing.T, cfg Config) (*gorm.DB, *sql.DB, *Plugin) {
 
 // TestFakeCancelPath runs each branch of the cancel path on the scripted
 // dialect: a 100ms deadline, KillGrace 100ms, one connection. Each case
-// checks the status, Killed, Wait's bound, the destination, and whether the
-// connection was kept or discarded (a new physical connection opened).
+// checks the status, Killed, Wait's bound (a finder returns at its
+// deadline, before the budget: it is settled early), the destination,
+// whether the budget ran out (a handoff), and whether the connection was
+// kept or discarded (a new physical connection opened).
 func TestFakeCancelPath(t *testing.T) {
 	const deadline, grace = 100 * time.Millisecond, 100 * time.Millisecond
 	const bound = deadline + grace + 150*time.Millisecond // scheduling allowance under -race
@@ -190,7 +192,7 @@ func TestFakeCancelPath(t *testing.T) {
 		status  Status
 		kept    bool   // the connection went back to the pool
 		cut     bool   // its socket was cut
-		handoff bool   // Wait returned before the connection was back
+		handoff bool   // the budget ran out before the connection was back
 		release string // after Wait: "answer" lets the statement return, "" waits for ReclaimTimeout
 		stops   int32  // exactly this many stops sent (0: at least one)
 	}{
@@ -242,21 +244,24 @@ func TestFakeCancelPath(t *testing.T) {
 			if rep.Elapsed > bound {
 				t.Errorf("Wait took %v, bound %v", rep.Elapsed, bound)
 			}
+			if !c.closure && rep.Elapsed >= deadline+grace {
+				t.Errorf("a finder's Wait took %v: it waited for the stop instead of settling at the deadline", rep.Elapsed)
+			}
 			if v != -1 {
 				t.Errorf("destination written: %d", v)
 			}
-			st := p.Stats()
-			if (st.Handoffs == 1) != c.handoff {
-				t.Errorf("handoffs %d, want handoff %v", st.Handoffs, c.handoff)
-			}
 			if c.handoff {
-				if st.Reclaiming != 1 || sqlDB.Stats().InUse != 1 {
-					t.Errorf("after a handoff: reclaiming %d, InUse %d", st.Reclaiming, sqlDB.Stats().InUse)
+				<-time.After(deadline + grace - rep.Elapsed + 50*time.Millisecond) // past the budget
+				if st := p.Stats(); st.Handoffs != 1 || st.Reclaiming != 1 || sqlDB.Stats().InUse != 1 {
+					t.Errorf("past the budget: %+v, InUse %d", st, sqlDB.Stats().InUse)
 				}
 				if c.release == "answer" {
 					s.finish(errFakeInterrupted) // the server answers the stopped statement late
 				}
-				p.reclaiming.Wait()
+			}
+			p.reclaiming.Wait()
+			if st := p.Stats(); (st.Handoffs == 1) != c.handoff {
+				t.Errorf("handoffs %d, want handoff %v", st.Handoffs, c.handoff)
 			}
 			if n := sqlDB.Stats().InUse; n != 0 {
 				t.Errorf("InUse %d after the query ended", n)

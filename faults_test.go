@@ -274,6 +274,7 @@ func TestProxyCut(t *testing.T) {
 				o := waitWithin(t, gormbatch.From(s.DB).Timeout(c.timeout).Raw(&victim, be.medium(tg), gormbatch.As("victim")),
 					c.timeout+faultGrace+faultMargin, func() { px.CutAll(); px.Resume() })
 				t.Logf("Wait returned after %v\n%v", o.elapsed, o.rep)
+				reclaimed(t, s.p, s.sqlDB) // a finder settles at its deadline; its stop goes on
 				if len(fired) == 0 {
 					t.Fatal("the fault was never injected")
 				}

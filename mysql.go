@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,7 +70,7 @@ func (mysqlDialect) open(ctx context.Context, pool *sql.DB, q querier) (_ server
 	if err := q.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
 		return nil, err
 	}
-	s := &mysqlServer{version: version, ids: map[weak.Pointer[byte]]int64{}}
+	s := &mysqlServer{version: version, sessions: map[weak.Pointer[byte]]*mysqlSession{}}
 	s.mariadb = strings.Contains(strings.ToLower(version), "mariadb")
 	// SET STATEMENT max_statement_time: MariaDB 10.1.2; the
 	// MAX_EXECUTION_TIME hint: MySQL 5.7.8.
@@ -121,8 +122,8 @@ type mysqlServer struct {
 	admin   *sql.DB      // reserved connections for kills
 	lookups atomic.Int64 // thread id lookups, for tests
 
-	mu  sync.Mutex
-	ids map[weak.Pointer[byte]]int64 // guarded by mu: thread id per physical connection
+	mu       sync.Mutex
+	sessions map[weak.Pointer[byte]]*mysqlSession // guarded by mu: per physical connection
 }
 
 func (s *mysqlServer) name() string { return s.version }
@@ -136,26 +137,28 @@ func (s *mysqlServer) bind(ctx context.Context, dc any, q querier) (session, err
 	// a weak pointer never matches a later connection at the same address.
 	key := weak.Make((*byte)(unsafe.Pointer(reflect.ValueOf(dc).Pointer())))
 	s.mu.Lock()
-	id, ok := s.ids[key]
+	t, ok := s.sessions[key]
 	s.mu.Unlock()
 	if ok {
-		return &mysqlSession{s: s, id: id}, nil
+		return t, nil
 	}
+	var id int64
 	s.lookups.Add(1)
 	if err := q.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
 		return nil, err
 	}
+	t = &mysqlSession{s: s, id: id}
 	s.mu.Lock()
-	if len(s.ids)%idCacheSweep == idCacheSweep-1 {
-		for k := range s.ids {
+	if len(s.sessions)%idCacheSweep == idCacheSweep-1 {
+		for k := range s.sessions {
 			if k.Value() == nil {
-				delete(s.ids, k)
+				delete(s.sessions, k)
 			}
 		}
 	}
-	s.ids[key] = id
+	s.sessions[key] = t
 	s.mu.Unlock()
-	return &mysqlSession{s: s, id: id}, nil
+	return t, nil
 }
 
 // limit adds the server-side time limit to a read: MariaDB's SET STATEMENT
@@ -168,7 +171,10 @@ func (s *mysqlServer) limit(query string, si stmtInfo, remaining time.Duration) 
 	}
 	ms := max(1, int64(math.Ceil(float64(remaining)/float64(time.Millisecond))))
 	if s.mariadb {
-		return fmt.Sprintf("SET STATEMENT max_statement_time=%d.%03d FOR %s", ms/1000, ms%1000, query)
+		var b [24]byte // seconds with three decimals, in one allocation with the rest
+		n := strconv.AppendInt(b[:0], ms/1000, 10)
+		n = append(n, '.', byte('0'+ms%1000/100), byte('0'+ms%100/10), byte('0'+ms%10))
+		return "SET STATEMENT max_statement_time=" + string(n) + " FOR " + query
 	}
 	switch {
 	case si.selectEnd < 0:

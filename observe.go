@@ -34,11 +34,20 @@ type Hook interface {
 // implement only some of them.
 type NopHook struct{}
 
+// StartBatch returns ctx.
 func (NopHook) StartBatch(ctx context.Context, _ BatchInfo) context.Context { return ctx }
-func (NopHook) EndBatch(context.Context, BatchInfo, *Report, error)         {}
+
+// EndBatch does nothing.
+func (NopHook) EndBatch(context.Context, BatchInfo, *Report, error) {}
+
+// StartQuery returns ctx.
 func (NopHook) StartQuery(ctx context.Context, _ QueryInfo) context.Context { return ctx }
-func (NopHook) EndQuery(context.Context, QueryInfo, Result)                 {}
-func (NopHook) Event(context.Context, QueryInfo, Event)                     {}
+
+// EndQuery does nothing.
+func (NopHook) EndQuery(context.Context, QueryInfo, Result) {}
+
+// Event does nothing.
+func (NopHook) Event(context.Context, QueryInfo, Event) {}
 
 // BatchInfo describes a batch to hooks.
 type BatchInfo struct {
@@ -68,7 +77,7 @@ const (
 	// QUERY on MySQL/MariaDB, a cancel request on PostgreSQL).
 	EventKillSent EventKind = iota + 1
 	// EventKillAnswered: the server confirmed the stop; Elapsed is the
-	// answer time, Late that it came after Wait returned.
+	// answer time, Late that it came after the clean-up budget.
 	EventKillAnswered
 	// EventKillFailed: the stop was not confirmed (Err says why), so its
 	// connection is discarded.
@@ -77,12 +86,13 @@ const (
 	// failed or the clean-up budget (KillGrace) or ReclaimTimeout ran out.
 	// The connection is discarded, and the pool opens a new one.
 	EventCut
-	// EventHandoff: the clean-up budget ran out while a stopped statement
-	// was still answering; Wait returned without waiting for it, and the
-	// plugin holds its connection.
+	// EventHandoff: the clean-up budget (KillGrace) ran out while a
+	// stopped statement was still answering; Wait has returned, and the
+	// plugin holds its connection until the server answers.
 	EventHandoff
-	// EventReclaimed: a handed-off connection is back (or, after a cut,
-	// discarded); Elapsed is how long the plugin held it after the handoff.
+	// EventReclaimed: a connection the plugin held after its query's
+	// status was decided is back (or, after a cut, discarded); Elapsed is
+	// how long it held it.
 	EventReclaimed
 	// EventServerLimit: the server-side time limit the plugin sends with
 	// reads stopped a statement.
@@ -109,7 +119,7 @@ type Event struct {
 	Dialect string        // GORM dialector name: "mysql", "postgres"
 	Server  string        // "10.11.19-MariaDB", "PostgreSQL 15.20"
 	Elapsed time.Duration // EventKillAnswered: the answer time; EventReclaimed: held after the handoff
-	Late    bool          // EventKillAnswered: after Wait returned
+	Late    bool          // EventKillAnswered: after the clean-up budget
 	Err     error
 }
 
@@ -120,15 +130,15 @@ type Stats struct {
 	Done, Failed, TimedOut, Canceled, Skipped, Panicked int64 // queries by status
 	KillsSent                                           int64 // stops sent (KILL QUERY, cancel requests)
 	KillsAnswered                                       int64 // confirmed by the server
-	KillsLate                                           int64 // of which after Wait returned (connection handed off)
+	KillsLate                                           int64 // of which after the clean-up budget (KillGrace)
 	KillsFailed                                         int64 // not confirmed: connection discarded
 	Cuts                                                int64 // sockets closed by the plugin: each costs a reconnect
-	Handoffs                                            int64 // Wait returned before a stopped statement answered
+	Handoffs                                            int64 // the budget ran out before a stopped statement answered
 	ServerLimitStops                                    int64 // statements stopped by the server-side limit
 	SetupFailures                                       int64 // connections without server cancel (fallback or failure)
 	SlotWait                                            time.Duration
 	InFlight                                            int // batch queries holding an in-flight slot now
-	Reclaiming                                          int // handed-off connections not back yet
+	Reclaiming                                          int // connections held after their query's status was decided
 }
 
 // counters are the atomics behind Stats.
@@ -176,7 +186,6 @@ func (p *Plugin) emit(q *query, e Event) {
 		level = slog.LevelWarn
 	case EventHandoff:
 		c.handoffs.Add(1)
-		c.reclaiming.Add(1)
 		level = slog.LevelInfo
 	case EventReclaimed:
 		c.reclaiming.Add(-1)

@@ -10,8 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // PostgreSQL server cancel (GORM dialector "postgres", on pgx's
@@ -82,11 +82,10 @@ func (s *pgServer) close() error { return nil }
 // bind takes the connection's *pgconn.PgConn (no I/O); the first time, it
 // also compares its pid with the backend's to detect a pooler.
 func (s *pgServer) bind(ctx context.Context, dc any, q querier) (session, error) {
-	c, ok := dc.(*stdlib.Conn)
-	if !ok {
+	pg := pgConnOf(dc)
+	if pg == nil {
 		return nil, fmt.Errorf("%w: driver connection %T is not pgx's", errNoServerCancel, dc)
 	}
-	pg := c.Conn().PgConn()
 	s.mu.Lock()
 	probed := s.probed
 	s.mu.Unlock()
@@ -104,6 +103,21 @@ func (s *pgServer) bind(ctx context.Context, dc any, q querier) (session, error)
 		s.mu.Unlock()
 	}
 	return pgSession{pg}, nil
+}
+
+// pgConnOf returns the pgx connection of a driver connection: pgx's
+// database/sql adapter, or a wrapper of it with an Unwrap method.
+func pgConnOf(dc any) *pgconn.PgConn {
+	for {
+		switch c := dc.(type) {
+		case interface{ Conn() *pgx.Conn }:
+			return c.Conn().PgConn()
+		case interface{ Unwrap() driver.Conn }:
+			dc = c.Unwrap()
+		default:
+			return nil
+		}
+	}
 }
 
 func (s *pgServer) limit(query string, _ stmtInfo, _ time.Duration) string { return query }

@@ -25,8 +25,21 @@ func fromContext(ctx context.Context) *query {
 	return q
 }
 
+// Value makes a started query the context layer that carries it: its
+// parent is the batch's context (saving a context.WithValue per query).
+func (q *query) Value(key any) any {
+	if key == (ctxKey{}) {
+		return q
+	}
+	return q.parent.Value(key)
+}
+
+func (q *query) Deadline() (time.Time, bool) { return q.parent.Deadline() }
+func (q *query) Done() <-chan struct{}       { return q.parent.Done() }
+func (q *query) Err() error                  { return q.parent.Err() }
+
 // phase is where a started query's goroutine is.
-type phase int
+type phase uint8
 
 const (
 	running   phase = iota // in its run (closure or finder)
@@ -42,71 +55,82 @@ const (
 type query struct {
 	// Set when the query is added; read-only afterwards.
 	p        *Plugin
-	index    int     // position in the batch, from 0
 	name     string  // As; empty: a default from the method and table
 	method   string  // "Find", "Count", ...; empty for Go and GoValue
 	dest     any     // what a finder writes; nil for Go
 	pc       uintptr // the application's call that added it
-	optional bool
-	timeout  time.Duration // WithTimeout; 0: none
-	scopes   []func(*gorm.DB) *gorm.DB
-	finder   bool // no user code runs after its statements: it may be handed off
+	timeout  time.Duration
+	scopes   *[]func(*gorm.DB) *gorm.DB
+	conds    []any // a finder's conditions
 	run      func(tx *gorm.DB, q *query) error
+	index    int32 // position in the batch, from 0
+	optional bool
+	finder   bool // no user code runs after its statements: it may be handed off
 
 	// Owned by the goroutine that runs the query (Wait's until exec).
+	inTx      bool // runs on a transaction's connection
+	savepoint bool // in a transaction under the batch's savepoint
 	tx        *gorm.DB
-	ctx       context.Context // soft: batch deadline, own timeout, parent, fail-fast
-	cancel    context.CancelCauseFunc
-	stopTimer context.CancelFunc // its own timeout, if any
-	started   time.Time
-	inTx      bool      // runs on a transaction's connection
-	frames    []frame   // statements in progress (preload nests them)
-	pins      []*pin    // connections it holds (conn.go)
-	w         *watcher  // server cancel; nil without it (watch.go)
-	queued    time.Time // when its batch started
-	rs        *runState // its running batch (batch.go)
-	savepoint bool      // in a transaction under the batch's savepoint
+	parent    context.Context         // the batch's, under the query as a context (Value)
+	ctx       context.Context         // soft: batch deadline, own timeout, parent, fail-fast
+	cancel    context.CancelCauseFunc // a Go closure's: closes rows it left open
+	stopTimer context.CancelFunc      // its own timeout, if any
+	started   time.Duration           // since the batch started; 0: not started
+	frames    []frame                 // statements in progress (preload nests them)
+	pins      []*pin                  // connections it holds (conn.go)
+	pin0      pin                     // the first of them, and room for both slices, so
+	pinArr    [1]*pin                 // that a query of one statement on one connection
+	frameArr  [1]frame                // allocates neither
+	w         *watcher                // server cancel; nil without it (watch.go)
+	rs        *runState               // its running batch (batch.go)
 
 	// Guarded by mu: shared with the watcher, which may end the query
 	// before its goroutine returns.
 	mu        sync.Mutex
-	d         dests // destinations to publish or restore (dest.go)
+	phase     phase
+	txBroken  bool             // a stopped statement left the transaction unusable
+	ended     bool             // its status is decided; destinations are the caller's again
+	handedOff bool             // ended by the watcher while its goroutine still runs
+	handedAt  time.Duration    // when, since the batch started
+	d         dests            // destinations to publish or restore (dest.go)
+	pub       [2]reflect.Value // a finder\'s destination and private result, published if Done
 	rows      int64
 	table     string        // the table of its first statement, for its default name
 	connWait  time.Duration // time spent waiting for a pool connection
-	phase     phase
-	out       outcome // how its run ended, once phase > running
-	txBroken  bool    // a stopped statement left the transaction unusable
-	ended     bool    // its status is decided; destinations are the caller's again
-	handedOff bool    // ended by the watcher while its goroutine still runs
-	res       Result
+	res       *Result       // where its result goes: its entry in the batch's Report
 }
 
 // outcome is how a query's run ended, as endLocked needs it.
 type outcome struct {
-	started  bool   // false: it never got a slot
-	err      error  // what the run returned
-	inTime   bool   // it returned before its context ended
-	panicked any    // recovered panic value
-	stack    []byte // stack of the panic
-	cause    error  // its context's cause when it returned; nil if not done
+	started bool       // false: it never got a slot
+	inTime  bool       // it returned before its context ended
+	err     error      // what the run returned
+	cause   error      // its context's cause when it returned; nil if not done
+	panic   *recovered // if it panicked
+}
+
+// recovered is a recovered panic.
+type recovered struct {
+	value any
+	stack []byte
 }
 
 // skip ends a query that never started.
 func (q *query) skip(ctx context.Context) {
 	q.ctx = ctx // for hooks: the batch's
 	q.mu.Lock()
-	res, undo, publish := q.endLocked(outcome{cause: context.Cause(ctx)})
+	res, acts := q.endLocked(outcome{cause: context.Cause(ctx)})
 	q.mu.Unlock()
-	q.complete(res, undo, publish)
+	q.complete(res, acts)
 }
 
 // start gives the query its context and session. It runs on Wait's
 // goroutine, so the *gorm.DB given to From is only ever read from one
 // goroutine; the query's timeout counts from here.
 func (q *query) start(parent context.Context, db *gorm.DB) {
-	q.started = time.Now()
-	base := context.WithValue(parent, ctxKey{}, q)
+	q.started = max(1, time.Since(q.rs.start))
+	q.parent = parent
+	var base context.Context = q
 	for _, h := range q.p.cfg.Hooks {
 		if c := h.StartQuery(base, q.info()); c != nil {
 			base = c
@@ -116,10 +140,14 @@ func (q *query) start(parent context.Context, db *gorm.DB) {
 		base, q.stopTimer = context.WithTimeoutCause(base, q.timeout,
 			fmt.Errorf("query timeout %v: %w", q.timeout, context.DeadlineExceeded))
 	}
-	q.ctx, q.cancel = context.WithCancelCause(base)
+	q.ctx = base
+	if !q.finder {
+		q.ctx, q.cancel = context.WithCancelCause(base)
+	}
+	q.pins, q.frames = q.pinArr[:0], q.frameArr[:0]
 	q.tx = db.Session(&gorm.Session{Context: q.ctx})
-	if len(q.scopes) > 0 {
-		q.tx = q.tx.Scopes(q.scopes...)
+	if q.scopes != nil {
+		q.tx = q.tx.Scopes(*q.scopes...)
 	}
 }
 
@@ -132,24 +160,27 @@ func (q *query) exec() {
 			if pv == nil {
 				pv = errGoexit // t.FailNow in a closure
 			}
-			o = outcome{started: true, panicked: pv, stack: debug.Stack()}
+			o = outcome{started: true, panic: &recovered{pv, debug.Stack()}}
 		}
 		q.mu.Lock()
-		q.phase, q.out = releasing, o
+		q.phase = releasing
+		if q.w != nil {
+			q.w.out = o // for a handoff while releasing
+		}
 		q.mu.Unlock()
-		since := q.release()
+		q.release()
 		q.mu.Lock()
 		q.phase = released
-		handed := q.handedOff
-		res, undo, publish := q.endLocked(o)
+		handed, handedAt := q.handedOff, q.handedAt
+		res, acts := q.endLocked(o)
 		q.mu.Unlock()
 		q.rs.released()
 		if handed {
-			q.p.emit(q, Event{Kind: EventReclaimed, Elapsed: time.Since(since)})
+			q.p.emit(q, Event{Kind: EventReclaimed, Elapsed: time.Since(q.rs.start) - handedAt})
 			q.p.reclaiming.Done()
 			return
 		}
-		q.complete(res, undo, publish)
+		q.complete(res, acts)
 	}()
 	err := q.run(q.tx, q)
 	o = q.returned(err)
@@ -170,24 +201,25 @@ func (q *query) returned(err error) outcome {
 }
 
 // endLocked decides the query's status (the only place that does), unless
-// it is already decided, and returns the result and what to do to its
+// it is already decided (then it returns nothing: the result belongs to the
+// caller of Wait), and returns the result and what to do to its
 // destinations. q.mu must be held.
-func (q *query) endLocked(o outcome) (r Result, undo, publish []func()) {
+func (q *query) endLocked(o outcome) (r Result, acts dests) {
 	if q.ended {
-		return q.res, nil, nil
+		return Result{}, nil
 	}
 	q.ended = true
-	r = Result{Name: q.displayName(), Optional: q.optional, Rows: q.rows, Waited: time.Since(q.queued)}
+	r = Result{Name: q.displayName(), Optional: q.optional, Rows: q.rows, Waited: time.Since(q.rs.start)}
 	err, cause := o.err, o.cause
 	switch {
 	case !o.started:
 		r.Status, r.Err = Skipped, fmt.Errorf("%w: %w", ErrSkipped, cause)
-	case o.panicked != nil:
-		r.Status, r.Stack = Panicked, o.stack
-		if pe, ok := o.panicked.(error); ok {
+	case o.panic != nil:
+		r.Status, r.Stack = Panicked, o.panic.stack
+		if pe, ok := o.panic.value.(error); ok {
 			r.Err = fmt.Errorf("%w: %w", ErrPanicked, pe)
 		} else {
-			r.Err = fmt.Errorf("%w: %v", ErrPanicked, o.panicked)
+			r.Err = fmt.Errorf("%w: %v", ErrPanicked, o.panic.value)
 		}
 	case err == nil && o.inTime && !q.txBroken:
 		r.Status = Done
@@ -207,19 +239,43 @@ func (q *query) endLocked(o outcome) (r Result, undo, publish []func()) {
 		r.Err = fmt.Errorf("%w: %w", r.Err, ErrTxBroken)
 	}
 	r.Killed = r.Status != Done && q.w.killed()
-	if !q.started.IsZero() {
-		r.Waited = q.started.Sub(q.queued) + q.connWait
-		r.Ran = time.Since(q.started) - q.connWait
+	if q.started > 0 {
+		r.Waited = q.started + q.connWait
+		r.Ran = time.Since(q.rs.start) - q.started - q.connWait
 	}
-	q.res = r
-	undo, publish = q.d.take()
-	return r, undo, publish
+	*q.res = r
+	if r.Status == Done && q.pub[0].IsValid() {
+		setValue(q.pub[0], q.pub[1])
+	}
+	return r, q.d.take()
+}
+
+// settleEarly decides the status of a finder whose context ended while its
+// run goes on (watch.go): Wait need not wait for the stop.
+func (q *query) settleEarly() {
+	q.mu.Lock()
+	if q.ended || q.phase != running {
+		q.mu.Unlock()
+		return // its run returned: it ends the usual way
+	}
+	res, acts := q.handOffLocked(outcome{started: true, cause: context.Cause(q.ctx)})
+	q.mu.Unlock()
+	q.complete(res, acts)
+}
+
+// handOffLocked decides the status of a query whose goroutine keeps its
+// connections after Wait may have returned (q.mu held).
+func (q *query) handOffLocked(o outcome) (Result, dests) {
+	q.handedOff, q.handedAt = true, time.Since(q.rs.start)
+	q.p.reclaiming.Add(1)
+	q.p.stats.reclaiming.Add(1)
+	return q.endLocked(o)
 }
 
 // complete applies the decided result to the destinations, reports it and
 // tells Wait. It runs once per query, after endLocked, without q.mu.
-func (q *query) complete(r Result, undo, publish []func()) {
-	apply(r.Status == Done, undo, publish)
+func (q *query) complete(r Result, acts dests) {
+	acts.apply(r.Status == Done)
 	q.p.queryEnded(q, r)
 	q.rs.settled(q)
 }
@@ -277,7 +333,7 @@ func (q *query) displayName() string {
 
 // info describes the query to hooks.
 func (q *query) info() QueryInfo {
-	return QueryInfo{Name: q.label(), Index: q.index, Optional: q.optional, PC: q.pc, Dialect: q.p.dialectName}
+	return QueryInfo{Name: q.label(), Index: int(q.index), Optional: q.optional, PC: q.pc, Dialect: q.p.dialectName}
 }
 
 // names caches default query names, so a batch does not build the same
@@ -320,7 +376,7 @@ func (q *query) enter(db *gorm.DB, swap bool) {
 	if swap && len(q.frames) == 0 {
 		// Even after an error: Count writes its destination after the
 		// callbacks whatever happened, and the undo must cover it.
-		f.priv, f.model = q.swapDest(st)
+		f.priv, f.model = q.swapDest(st, !q.finder)
 	}
 	q.frames = append(q.frames, f)
 }
@@ -359,7 +415,11 @@ func (q *query) leave(db *gorm.DB, over bool) {
 		q.table = st.Table
 	}
 	if f.priv.IsValid() && db.Error == nil && !q.ended {
-		setValue(reflect.ValueOf(f.dest), f.priv.Elem())
+		if q.finder { // no code of the caller's runs after it: publish at the end
+			q.pub = [2]reflect.Value{reflect.ValueOf(f.dest), f.priv.Elem()}
+		} else { // a Go closure may read it at once
+			setValue(reflect.ValueOf(f.dest), f.priv.Elem())
+		}
 	}
 	q.mu.Unlock()
 	if f.priv.IsValid() {

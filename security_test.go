@@ -223,7 +223,7 @@ func TestMySQLNoPasswordInErrorsOrLogs(t *testing.T) {
 
 	// The right password: kills, SQL errors, panics, a cut connection.
 	// The plugin's own records go to logs too, at Debug.
-	db, sqlDB, px, _ := open(secretPW, gormbatch.ServerCancelAuto)
+	db, sqlDB, px, p := open(secretPW, gormbatch.ServerCancelAuto)
 	tg := tag(t)
 	for i := range 3 {
 		var users []User
@@ -243,7 +243,7 @@ func TestMySQLNoPasswordInErrorsOrLogs(t *testing.T) {
 		if err == nil || len(users) != 3 {
 			t.Fatalf("batch %d: %v\n%v", i, err, rep)
 		}
-		checkPool(t, sqlDB)
+		reclaimed(t, p, sqlDB)
 	}
 	root.gone(t, tg, leaveWithin)
 

@@ -11,18 +11,43 @@ type stmtInfo struct {
 	hintAt    int // offset of a /*+ ... */ comment right after that SELECT; -1 if none
 }
 
-// readFirst are the first keywords of a read statement.
-var readFirst = map[string]bool{
-	"SELECT": true, "WITH": true, "SHOW": true, "EXPLAIN": true, "DESCRIBE": true,
-	"DESC": true, "VALUES": true, "TABLE": true,
+// kw is a keyword classify looks at.
+type kw uint8
+
+const (
+	kwNone kw = iota
+	kwSelect
+	kwWith
+	kwExplain
+	kwInto
+	kwOtherRead    // SHOW, DESCRIBE, DESC, VALUES, TABLE
+	kwWrite        // INSERT, UPDATE, DELETE, MERGE, REPLACE, CALL, DO, HANDLER, LOAD, COPY
+	kwExplainFlags // words after which EXPLAIN's statement starts
+)
+
+var keywords = map[string]kw{
+	"SELECT": kwSelect, "WITH": kwWith, "EXPLAIN": kwExplain, "INTO": kwInto,
+	"SHOW": kwOtherRead, "DESCRIBE": kwOtherRead, "DESC": kwOtherRead, "VALUES": kwOtherRead, "TABLE": kwOtherRead,
+	"INSERT": kwWrite, "UPDATE": kwWrite, "DELETE": kwWrite, "MERGE": kwWrite, "REPLACE": kwWrite,
+	"CALL": kwWrite, "DO": kwWrite, "HANDLER": kwWrite, "LOAD": kwWrite, "COPY": kwWrite,
+	"ANALYZE": kwExplainFlags, "EXTENDED": kwExplainFlags, "PARTITIONS": kwExplainFlags, "VERBOSE": kwExplainFlags,
+	"FORMAT": kwExplainFlags, "=": kwExplainFlags, "JSON": kwExplainFlags, "TRADITIONAL": kwExplainFlags, "TREE": kwExplainFlags,
 }
 
-// writes are keywords that make a statement a write where a statement may
-// start: first in the text, first inside parentheses (a data-modifying CTE),
-// or after the CTE list of a WITH.
-var writes = map[string]bool{
-	"INSERT": true, "UPDATE": true, "DELETE": true, "MERGE": true, "REPLACE": true,
-	"CALL": true, "DO": true, "HANDLER": true, "LOAD": true, "COPY": true,
+// keyword returns tok's keyword, case-insensitively, without allocating.
+func keyword(tok string) kw {
+	var b [12]byte
+	if len(tok) > len(b) {
+		return kwNone
+	}
+	for i := 0; i < len(tok); i++ {
+		c := tok[i]
+		if 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		b[i] = c
+	}
+	return keywords[string(b[:len(tok)])]
 }
 
 // classify reads a statement's text. A statement is a read when its first
@@ -39,7 +64,7 @@ var writes = map[string]bool{
 func classify(sql string) stmtInfo {
 	info := stmtInfo{selectEnd: -1, hintAt: -1}
 	lx := lexer{s: sql}
-	first := ""
+	first := kwNone
 	depth, selectDepth := 0, -1
 	atStart := true // a statement may start at the next word
 	for {
@@ -55,7 +80,7 @@ func classify(sql string) stmtInfo {
 		case ")":
 			depth = max(0, depth-1)
 			// After a CTE body or EXPLAIN's options, the statement itself.
-			atStart = depth == 0 && (first == "WITH" || first == "EXPLAIN")
+			atStart = depth == 0 && (first == kwWith || first == kwExplain)
 			continue
 		case ";":
 			if t, _ := lx.peek(); t != "" {
@@ -63,29 +88,23 @@ func classify(sql string) stmtInfo {
 			}
 			continue
 		}
-		word := strings.ToUpper(tok)
-		if first == "" {
-			first = word
-			if !readFirst[word] {
+		word := keyword(tok)
+		if first == kwNone {
+			if word != kwSelect && word != kwWith && word != kwExplain && word != kwOtherRead {
 				return info
 			}
+			first = word
 		}
-		if word == "SELECT" && (selectDepth < 0 || depth < selectDepth) {
+		if word == kwSelect && (selectDepth < 0 || depth < selectDepth) {
 			info.selectEnd, info.hintAt, selectDepth = end, lx.hintNext(), depth
 		}
-		if next, _ := lx.peek(); atStart && writes[word] && next != "(" || word == "INTO" && depth == 0 {
+		if next, _ := lx.peek(); atStart && word == kwWrite && next != "(" || word == kwInto && depth == 0 {
 			return info
 		}
-		atStart = first == "EXPLAIN" && depth == 0 && explainOptions[word]
+		atStart = first == kwExplain && depth == 0 && (word == kwExplain || word == kwExplainFlags)
 	}
-	info.read = first != ""
+	info.read = first != kwNone
 	return info
-}
-
-// explainOptions are the words after which EXPLAIN's statement starts.
-var explainOptions = map[string]bool{
-	"EXPLAIN": true, "ANALYZE": true, "EXTENDED": true, "PARTITIONS": true, "VERBOSE": true,
-	"FORMAT": true, "=": true, "JSON": true, "TRADITIONAL": true, "TREE": true,
 }
 
 // lexer splits SQL into words, numbers and single punctuation characters,
