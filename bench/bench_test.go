@@ -1,13 +1,15 @@
 package main
 
 // Allocation and time per batch of 8 primary-key reads, plugin vs the naive
-// errgroup baseline:
+// errgroup baseline (the main program reports the same through
+// testing.Benchmark, as alloc_bytes_per_query and allocs_per_query):
 //
 //	go test -run xxx -bench . -benchmem -benchtime 2000x
 //
-// allocs/op and B/op are per batch of 8; allocs/query, B/query and ns/query
-// divide by 8. The MariaDB variants use $GORMBATCH_MYSQL_DSN (default
-// root@tcp(127.0.0.1:3306)/test) and skip when it is unreachable.
+// allocs/op and B/op are per batch of 8; allocs/query, B/query and
+// ns/query divide by 8. The MariaDB and PostgreSQL variants use
+// $GORMBATCH_MYSQL_DSN and $GORMBATCH_POSTGRES_DSN (defaults as in the main
+// program) and skip when their server is unreachable.
 
 import (
 	"context"
@@ -18,44 +20,41 @@ import (
 	"time"
 )
 
-func BenchmarkPlugin8PointReadsSQLite(b *testing.B) {
-	bench8(b, sqliteForBench(b), func(p *pair) runner { return pluginRunner(p.plugin) })
-}
-
-func BenchmarkNaive8PointReadsSQLite(b *testing.B) {
-	bench8(b, sqliteForBench(b), func(p *pair) runner { return naiveRunner(p.naive) })
-}
-
-func BenchmarkPlugin8PointReadsMariaDB(b *testing.B) {
-	bench8(b, mariaForBench(b), func(p *pair) runner { return pluginRunner(p.plugin) })
-}
-
-func BenchmarkNaive8PointReadsMariaDB(b *testing.B) {
-	bench8(b, mariaForBench(b), func(p *pair) runner { return naiveRunner(p.naive) })
-}
-
-func sqliteForBench(b *testing.B) *pair {
-	p, err := openSQLitePair(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
+func BenchmarkBatch8(b *testing.B) {
+	for _, db := range []string{"sqlite", "mariadb", "postgres"} {
+		for _, mode := range []string{"plugin", "naive"} {
+			b.Run("db="+db+"/mode="+mode, func(b *testing.B) {
+				p := pairForBench(b, db)
+				run := naiveRunner(p.naive)
+				if mode == "plugin" {
+					run = pluginRunner(p.plugin)
+				}
+				bench8(b, run)
+			})
+		}
 	}
-	b.Cleanup(p.Close)
-	return p
 }
 
-func mariaForBench(b *testing.B) *pair {
-	dsn := os.Getenv("GORMBATCH_MYSQL_DSN")
-	if dsn == "" {
-		dsn = defaultDSN
+// pairForBench opens the plain (uninstrumented) pair of a backend, or skips.
+func pairForBench(b *testing.B, name string) *pair {
+	if name == "sqlite" {
+		p, err := openSQLitePair(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(p.Close)
+		return p
 	}
+	dsn := map[string]string{"mariadb": os.Getenv("GORMBATCH_MYSQL_DSN"), "postgres": os.Getenv("GORMBATCH_POSTGRES_DSN")}[name]
+	dsn = firstOf(dsn, map[string]string{"mariadb": defaultMariaDSN, "postgres": defaultPostgresDSN}[name])
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	mon, err := openMonitor(ctx, dsn)
-	if err != nil {
-		b.Skipf("MariaDB unreachable at %s (%v): set GORMBATCH_MYSQL_DSN to run the MariaDB benchmarks", mariaAddr(dsn), err)
+	k := openServer(ctx, name, dsn, options{heavyScale: 1, pgHeavyRows: 1})
+	if !k.up() {
+		b.Skipf("%s: set GORMBATCH_MYSQL_DSN / GORMBATCH_POSTGRES_DSN to run it", k.skip)
 	}
-	b.Cleanup(mon.Close)
-	p, err := openMariaPair(dsn)
+	b.Cleanup(k.close)
+	p, err := k.openPair(false)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -63,8 +62,7 @@ func mariaForBench(b *testing.B) *pair {
 	return p
 }
 
-func bench8(b *testing.B, p *pair, mk func(*pair) runner) {
-	run := mk(p)
+func bench8(b *testing.B, run runner) {
 	rng := rand.New(rand.NewPCG(1, 0))
 	batches := make([][]job, 64)
 	for i := range batches {
@@ -75,13 +73,13 @@ func bench8(b *testing.B, p *pair, mk func(*pair) runner) {
 		batches[i] = pointReads(ids...)
 	}
 	for i := range 10 { // warm the pool (and the plugin's per-connection state)
-		run(batches[i], 5*time.Second)
+		run(nil, batches[i], 5*time.Second)
 	}
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	n := 0
 	for b.Loop() {
-		if o := run(batches[n%len(batches)], 5*time.Second); o.failed > 0 || o.cancelled > 0 {
+		if o := run(nil, batches[n%len(batches)], 5*time.Second); o.failed > 0 || o.cancelled > 0 {
 			b.Fatalf("batch: %d failed, %d cancelled: %v", o.failed, o.cancelled, o.firstErr)
 		}
 		n++

@@ -43,29 +43,35 @@ type outcome struct {
 	firstErr  error         // the first own failure, for warnings
 }
 
-// runner runs one batch of jobs under a deadline.
-type runner func(jobs []job, timeout time.Duration) outcome
+// runner runs one batch of jobs under a deadline. tr, when not nil, is the
+// batch's stop clock (clock.go); it is nil wherever the cost is measured.
+type runner func(tr *stopTrace, jobs []job, timeout time.Duration) outcome
 
 // pluginRunner runs the batch with gormbatch: point reads through the Take
-// finder, raw SQL through Go closures.
+// finder, raw SQL through the Raw finder.
 func pluginRunner(db *gorm.DB) runner {
-	return func(jobs []job, timeout time.Duration) outcome {
+	return func(tr *stopTrace, jobs []job, timeout time.Duration) outcome {
 		tb := time.Now()
-		b := gormbatch.From(db).Timeout(timeout)
+		from := db
+		if tr != nil {
+			from = db.WithContext(withTrace(context.Background(), tr))
+		}
+		b := gormbatch.From(from).Timeout(timeout)
 		dests := make([]Item, len(jobs))
+		counts := make([]int64, len(jobs))
 		for i, j := range jobs {
 			if j.pk > 0 {
 				b.Take(&dests[i], j.pk)
-				continue
+			} else {
+				b.Raw(&counts[i], j.sql)
 			}
-			b.Go(fmt.Sprintf("raw%d", i), func(tx *gorm.DB) error {
-				var n int64
-				return tx.Raw(j.sql).Scan(&n).Error
-			})
 		}
 		t0 := time.Now()
 		rep, err := b.Wait()
 		o := outcome{elapsed: time.Since(t0), total: time.Since(tb)}
+		if tr != nil {
+			tr.setWaited()
+		}
 		if rep == nil {
 			o.failed, o.firstErr = len(jobs), err
 			return o
@@ -89,16 +95,28 @@ func pluginRunner(db *gorm.DB) runner {
 // naiveRunner is the baseline without the plugin: an errgroup whose
 // goroutines each run db.WithContext(ctx) under one context deadline.
 func naiveRunner(db *gorm.DB) runner {
-	return func(jobs []job, timeout time.Duration) outcome {
+	return func(tr *stopTrace, jobs []job, timeout time.Duration) outcome {
 		dests := make([]Item, len(jobs))
 		errs := make([]error, len(jobs))
 		t0 := time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		parent := context.Background()
+		if tr != nil {
+			parent = withTrace(parent, tr)
+		}
+		ctx, cancel := context.WithTimeout(parent, timeout)
 		defer cancel()
+		if tr != nil {
+			dl, _ := ctx.Deadline()
+			tr.setDeadline(dl)
+		}
 		var g errgroup.Group
 		for i, j := range jobs {
 			g.Go(func() error {
-				tx := db.WithContext(ctx)
+				qctx := ctx
+				if tr != nil {
+					qctx = context.WithValue(ctx, queryKey{}, i)
+				}
+				tx := db.WithContext(qctx)
 				if j.pk > 0 {
 					errs[i] = tx.Take(&dests[i], j.pk).Error
 				} else {
@@ -111,6 +129,9 @@ func naiveRunner(db *gorm.DB) runner {
 		g.Wait()
 		o := outcome{elapsed: time.Since(t0)}
 		o.total = o.elapsed
+		if tr != nil {
+			tr.setWaited()
+		}
 		for _, err := range errs {
 			switch {
 			case err == nil:
@@ -130,7 +151,7 @@ func naiveRunner(db *gorm.DB) runner {
 // sequentialRunner runs the jobs one after another on db (no plugin), each
 // under the same deadline.
 func sequentialRunner(db *gorm.DB) runner {
-	return func(jobs []job, timeout time.Duration) outcome {
+	return func(_ *stopTrace, jobs []job, timeout time.Duration) outcome {
 		t0 := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
@@ -156,4 +177,25 @@ func sequentialRunner(db *gorm.DB) runner {
 		o.total = o.elapsed
 		return o
 	}
+}
+
+// mode is one way of running batches on one pool.
+type mode struct {
+	name string // "plugin" or "naive"
+	run  runner
+	db   *gorm.DB
+}
+
+func modes(p *pair) []mode {
+	return []mode{{"plugin", pluginRunner(p.plugin), p.plugin}, {"naive", naiveRunner(p.naive), p.naive}}
+}
+
+// alternate returns the modes in round r's order: plugin first on even
+// rounds, naive first on odd ones, so neither always runs on a warmer
+// machine.
+func alternate(ms []mode, r int) []mode {
+	if r%2 == 0 {
+		return ms
+	}
+	return []mode{ms[1], ms[0]}
 }
