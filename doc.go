@@ -8,11 +8,11 @@
 //
 //  1. Bounded latency: Wait returns by the batch deadline plus at most
 //     Config.KillGrace, with a Status per query.
-//  2. Connections come back: when Wait returns, no goroutine of the batch is
-//     left and every connection it took is back in the pool, except the
-//     connection of a stopped statement the server has not answered within
-//     KillGrace, which the plugin holds until the server answers (see
-//     Config.KillGrace).
+//  2. Connections come back: when Wait returns, no goroutine of the batch
+//     runs your code and every connection it took is back in the pool,
+//     except connections of stopped statements, which the plugin holds,
+//     writing no destination, until the server has stopped the statement
+//     (at most Config.ReclaimTimeout), then returns them.
 //  3. Cancelled means stopped on the server: MariaDB/MySQL by KILL QUERY,
 //     PostgreSQL by the protocol's cancel request; the connection stays
 //     open. SQLite's driver interrupts the statement.

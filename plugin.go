@@ -69,17 +69,20 @@ type Config struct {
 	// ServerCancel selects how cancelled queries are stopped on the server;
 	// the default is ServerCancelAuto.
 	ServerCancel ServerCancel
-	// KillGrace is the clean-up budget after a query's deadline or cancel:
-	// the stop, the statement returning and the connection going back must
-	// fit in it, and Wait returns by the deadline plus KillGrace. A
+	// KillGrace is the clean-up budget after a query's deadline or cancel.
+	// A finder (Find, First, Count, Raw, ...) outside a transaction gets
+	// its status at once and Wait does not wait for its stop; otherwise
+	// the stop, the statement returning and the closure returning must fit
+	// in KillGrace, and Wait returns by the deadline plus KillGrace. A
 	// stopped statement still running when it is spent is cut (its
-	// connection discarded), or, where only the plugin's code is left to
-	// run, handed off (see ReclaimTimeout). Default 100ms.
+	// connection discarded) where a closure or a transaction would go on,
+	// or else handed off (see ReclaimTimeout). It is also added to the
+	// server-side limit. Default 100ms.
 	KillGrace time.Duration
-	// ReclaimTimeout bounds how long the plugin keeps a handed-off
-	// connection after Wait returned, waiting for its stopped statement to
-	// answer so the connection can go back to the pool; past it, the
-	// connection is cut. Default 10s.
+	// ReclaimTimeout bounds how long the plugin holds the connection of a
+	// stopped statement after the query got its status, waiting for the
+	// server to stop it so the connection can go back to the pool; past
+	// it, the connection is cut. Default 10s.
 	ReclaimTimeout time.Duration
 	// NoServerDeadline turns off sending each read's remaining time to the
 	// server (MariaDB SET STATEMENT max_statement_time, MySQL
