@@ -496,8 +496,7 @@ func (b *Batch) run(qs []*query) (*Report, error) {
 	defer cancelCause(nil)
 	if b.timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadlineCause(ctx, start.Add(b.timeout),
-			fmt.Errorf("batch deadline %v: %w", b.timeout, context.DeadlineExceeded))
+		ctx, cancel = context.WithDeadlineCause(ctx, start.Add(b.timeout), timeoutError{"batch deadline", b.timeout})
 		defer cancel()
 	}
 

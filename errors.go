@@ -1,9 +1,11 @@
 package gormbatch
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Sentinel errors, for errors.Is. Misuse and configuration errors wrap one
@@ -93,3 +95,17 @@ func plural(n int, one, many string) string {
 	}
 	return many
 }
+
+// timeoutError is the cause of a batch or query deadline set by Timeout or
+// WithTimeout: "batch deadline 300ms: context deadline exceeded", which is
+// context.DeadlineExceeded for errors.Is. It is formatted only when read.
+type timeoutError struct {
+	what string
+	d    time.Duration
+}
+
+func (e timeoutError) Error() string {
+	return e.what + " " + e.d.String() + ": " + context.DeadlineExceeded.Error()
+}
+
+func (e timeoutError) Unwrap() error { return context.DeadlineExceeded }

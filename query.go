@@ -138,7 +138,7 @@ func (q *query) start(parent context.Context, db *gorm.DB) {
 	}
 	if q.timeout > 0 {
 		base, q.stopTimer = context.WithTimeoutCause(base, q.timeout,
-			fmt.Errorf("query timeout %v: %w", q.timeout, context.DeadlineExceeded))
+			timeoutError{"query timeout", q.timeout})
 	}
 	q.ctx = base
 	if !q.finder {

@@ -25,18 +25,9 @@ const (
 	kwExplainFlags // words after which EXPLAIN's statement starts
 )
 
-var keywords = map[string]kw{
-	"SELECT": kwSelect, "WITH": kwWith, "EXPLAIN": kwExplain, "INTO": kwInto,
-	"SHOW": kwOtherRead, "DESCRIBE": kwOtherRead, "DESC": kwOtherRead, "VALUES": kwOtherRead, "TABLE": kwOtherRead,
-	"INSERT": kwWrite, "UPDATE": kwWrite, "DELETE": kwWrite, "MERGE": kwWrite, "REPLACE": kwWrite,
-	"CALL": kwWrite, "DO": kwWrite, "HANDLER": kwWrite, "LOAD": kwWrite, "COPY": kwWrite,
-	"ANALYZE": kwExplainFlags, "EXTENDED": kwExplainFlags, "PARTITIONS": kwExplainFlags, "VERBOSE": kwExplainFlags,
-	"FORMAT": kwExplainFlags, "=": kwExplainFlags, "JSON": kwExplainFlags, "TRADITIONAL": kwExplainFlags, "TREE": kwExplainFlags,
-}
-
 // keyword returns tok's keyword, case-insensitively, without allocating.
 func keyword(tok string) kw {
-	var b [12]byte
+	var b [11]byte
 	if len(tok) > len(b) {
 		return kwNone
 	}
@@ -47,7 +38,23 @@ func keyword(tok string) kw {
 		}
 		b[i] = c
 	}
-	return keywords[string(b[:len(tok)])]
+	switch string(b[:len(tok)]) { // a switch, not a map: no hashing per word
+	case "SELECT":
+		return kwSelect
+	case "WITH":
+		return kwWith
+	case "EXPLAIN":
+		return kwExplain
+	case "INTO":
+		return kwInto
+	case "SHOW", "DESCRIBE", "DESC", "VALUES", "TABLE":
+		return kwOtherRead
+	case "INSERT", "UPDATE", "DELETE", "MERGE", "REPLACE", "CALL", "DO", "HANDLER", "LOAD", "COPY":
+		return kwWrite
+	case "ANALYZE", "EXTENDED", "PARTITIONS", "VERBOSE", "FORMAT", "=", "JSON", "TRADITIONAL", "TREE":
+		return kwExplainFlags
+	}
+	return kwNone
 }
 
 // classify reads a statement's text. A statement is a read when its first
@@ -98,8 +105,13 @@ func classify(sql string) stmtInfo {
 		if word == kwSelect && (selectDepth < 0 || depth < selectDepth) {
 			info.selectEnd, info.hintAt, selectDepth = end, lx.hintNext(), depth
 		}
-		if next, _ := lx.peek(); atStart && word == kwWrite && next != "(" || word == kwInto && depth == 0 {
+		if word == kwInto && depth == 0 {
 			return info
+		}
+		if atStart && word == kwWrite {
+			if next, _ := lx.peek(); next != "(" {
+				return info
+			}
 		}
 		atStart = first == kwExplain && depth == 0 && (word == kwExplain || word == kwExplainFlags)
 	}

@@ -64,6 +64,7 @@ func run() int {
 		dsn          = flag.String("dsn", "", "MariaDB DSN (default $GORMBATCH_MYSQL_DSN, else "+defaultMariaDSN+")")
 		pgDSN        = flag.String("pg-dsn", "", "PostgreSQL DSN (default $GORMBATCH_POSTGRES_DSN, else \""+defaultPostgresDSN+"\")")
 		seed         = flag.Uint64("seed", 1, "seed for the primary keys read")
+		compare      = flag.String("compare", "", "a results.json of an earlier run: print whether this run's medians agree with it")
 		o            options
 	)
 	flag.IntVar(&o.overheadRounds, "overhead-rounds", 30, "paired plugin/naive rounds of the overhead figures")
@@ -75,8 +76,8 @@ func run() int {
 	flag.DurationVar(&o.overloadSegment, "overload-duration", 3*time.Second, "length of one overload segment (2 per overload round)")
 	flag.IntVar(&o.overloadRounds, "overload-rounds", 1, "overload rounds (a plugin and a naive segment each)")
 	flag.IntVar(&o.overloadClients, "overload-clients", 8, "client goroutines of the overload figure")
-	flag.DurationVar(&o.concurrentSegment, "concurrent-duration", time.Second, "length of one concurrent-batches segment (2 per round)")
-	flag.IntVar(&o.concurrentRounds, "concurrent-rounds", 2, "concurrent-batches rounds (a plugin and a naive segment each)")
+	flag.DurationVar(&o.concurrentSegment, "concurrent-duration", 500*time.Millisecond, "length of one concurrent-batches segment (2 per round)")
+	flag.IntVar(&o.concurrentRounds, "concurrent-rounds", 6, "concurrent-batches rounds (a plugin and a naive segment each)")
 	flag.IntVar(&o.growthQueries, "growth-queries", 2048, "queries per batch size and mode in the growth table (at least one batch)")
 	flag.IntVar(&o.growthMax, "growth-max", 4096, "largest growth batch size (1, 2, 4, ... 256, 1024, 4096)")
 	flag.IntVar(&o.heavyScale, "heavy-scale", 50, "c in MariaDB's heavy query seq_1_to_c (50: about 2 s of one core)")
@@ -89,7 +90,7 @@ func run() int {
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		for name, v := range map[string]string{"overhead-rounds": "100", "batches": "50", "benchtime": "1s",
 			"rounds": "40", "duration": "6s", "neighbour-rounds": "4", "overload-duration": "6s", "overload-rounds": "2",
-			"concurrent-duration": "3s", "concurrent-rounds": "4", "growth-queries": "8192"} {
+			"concurrent-duration": "1s", "concurrent-rounds": "12", "growth-queries": "8192"} {
 			if !set[name] {
 				flag.Set(name, v)
 			}
@@ -255,6 +256,12 @@ func run() int {
 	}
 
 	printTables(res)
+	if *compare != "" {
+		if err := compareRuns(*compare, res.Stability); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -compare:", err)
+			return 1
+		}
+	}
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -22,8 +23,9 @@ type StabilityEntry struct {
 	Of      string     `json:"of"` // "ratio" (per-round plugin/naive) or "diff" (plugin - naive)
 	Median  float64    `json:"median"`
 	Notch   [2]float64 `json:"notch"`
-	// AgreeWithin is the notch's width: two runs of the same code on the
-	// same machine give medians closer than this (their notches overlap).
+	// AgreeWithin is the notch's width. Two runs of the same code on the
+	// same machine agree when their notches overlap: their medians differ
+	// by at most the mean of their two widths (-compare checks it).
 	AgreeWithin float64 `json:"agree_within"`
 	FirstHalf   float64 `json:"first_half"`
 	SecondHalf  float64 `json:"second_half"`
@@ -33,8 +35,8 @@ type StabilityEntry struct {
 }
 
 const stabilityNote = "For each figure measured in paired rounds, median ± 1.58·IQR/√n of the per-round values (the box-plot notch, " +
-	"about a 95% interval of the median). Two back-to-back runs agree when their medians differ by less than agree_within " +
-	"(the notches overlap); a larger gap is a change, or a machine that changed under the run. first_half and second_half " +
+	"about a 95% interval of the median). Two back-to-back runs agree when their notches overlap (medians closer than the " +
+	"mean of their agree_within; -compare old/results.json checks it); a larger gap is a change, or a machine that changed under the run. first_half and second_half " +
 	"are the medians of this run's first and second half of rounds: their gap is the run's own drift. Tail figures (p99, " +
 	"max, orphans, reconnects, neighbour, overload) come from few samples and are not listed: compare them on -long runs."
 
@@ -156,7 +158,7 @@ func printTables(res *Results) {
 	}
 
 	if len(res.Stability.Figures) > 0 {
-		fmt.Println("\nstability: two back-to-back runs agree when their medians differ by less than agree_within")
+		fmt.Println("\nstability: two back-to-back runs agree when their notches overlap (-compare old/results.json checks it)")
 		w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(w, "figure\tbackend\tof\tmedian\tnotch\tagree within\t1st half\t2nd half\thalves agree\t")
 		for _, s := range res.Stability.Figures {
@@ -172,4 +174,41 @@ func orNA(v any) any {
 		return "n/a"
 	}
 	return v
+}
+
+// compareRuns prints, for every stability figure of this run and the run
+// in path (a results.json), whether the two notches overlap.
+func compareRuns(path string, now Stability) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var old Results
+	if err := json.Unmarshal(data, &old); err != nil {
+		return err
+	}
+	prev := map[[3]string]StabilityEntry{}
+	for _, s := range old.Stability.Figures {
+		prev[[3]string{s.Name, s.Backend, s.Of}] = s
+	}
+	fmt.Printf("\ncompared with %s: the runs agree where the notches overlap\n", path)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "figure\tbackend\tof\tearlier\tnotch\tthis run\tnotch\tagree\t")
+	agree, n := 0, 0
+	for _, s := range now.Figures {
+		o, ok := prev[[3]string{s.Name, s.Backend, s.Of}]
+		if !ok {
+			continue
+		}
+		ok = s.Notch[0] <= o.Notch[1] && o.Notch[0] <= s.Notch[1]
+		n++
+		if ok {
+			agree++
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%.3f\t%.3f–%.3f\t%.3f\t%.3f–%.3f\t%v\t\n", s.Name, s.Backend, s.Of,
+			o.Median, o.Notch[0], o.Notch[1], s.Median, s.Notch[0], s.Notch[1], ok)
+	}
+	w.Flush()
+	fmt.Printf("%d of %d figures agree\n", agree, n)
+	return nil
 }
