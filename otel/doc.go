@@ -45,8 +45,8 @@
 //
 //	gormbatch.queries             counter    {query}       queries ended, by gormbatch.query.status
 //	gormbatch.kills               counter    {kill}        server-side stops, by gormbatch.kill.result:
-//	                                                       sent, answered, late (answered after Wait
-//	                                                       returned), failed
+//	                                                       sent, answered, late (answered after
+//	                                                       KillGrace), failed
 //	gormbatch.cuts                counter    {connection}  sockets the plugin closed
 //	gormbatch.handoffs            counter    {connection}  connections handed off at the end of KillGrace
 //	gormbatch.server_limit_stops  counter    {statement}   statements stopped by the server-side limit

@@ -105,13 +105,13 @@ func NewHook(opts ...Option) gormbatch.Hook {
 		metric.WithDescription("Queries of batches that ended, by status."))
 	check(e)
 	h.kills, e = m.Int64Counter("gormbatch.kills", metric.WithUnit("{kill}"),
-		metric.WithDescription("Server-side stops of cancelled statements, by result: sent, answered (before Wait returned), late (answered after), failed."))
+		metric.WithDescription("Server-side stops of cancelled statements, by result: sent, answered (within KillGrace), late (answered after KillGrace), failed."))
 	check(e)
 	h.cuts, e = m.Int64Counter("gormbatch.cuts", metric.WithUnit("{connection}"),
 		metric.WithDescription("Connections whose socket the plugin closed; each costs a reconnect."))
 	check(e)
 	h.handoffs, e = m.Int64Counter("gormbatch.handoffs", metric.WithUnit("{connection}"),
-		metric.WithDescription("Connections Wait handed off to the plugin because their stopped statement had not answered within KillGrace."))
+		metric.WithDescription("Connections whose stopped statement had not answered when KillGrace ran out; the plugin returns them when it answers."))
 	check(e)
 	h.serverLimits, e = m.Int64Counter("gormbatch.server_limit_stops", metric.WithUnit("{statement}"),
 		metric.WithDescription("Statements stopped by the server-side time limit the plugin sends."))
