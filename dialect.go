@@ -42,7 +42,7 @@ import (
 //     generic code cancels the driver's context (the driver then closes
 //     the socket). Either way the connection is discarded afterwards.
 //   - classify maps a statement's error to what the status decision needs;
-//     it never decides a status itself (query.go decide does, from timing).
+//     it never decides a status itself (query.go endLocked does, from timing).
 type dialect interface {
 	// check reports, once at Initialize, whether server cancel can work
 	// in this process (an error wrapping ErrUnsupported if not).

@@ -75,14 +75,14 @@ func Example() {
 		log.Printf("page degraded: %v", err) // names each required query not Done
 	}
 	for _, r := range rep.Results {
-		fmt.Printf("%-13s %v\n", r.Name, r.Status)
+		fmt.Printf("%-14s %v\n", r.Name, r.Status)
 	}
 	fmt.Println(len(users), orders, names, report)
 	// Output:
-	// Find users    done
-	// Count orders  done
+	// Find users     done
+	// Count orders   done
 	// Pluck products done
-	// slow report   timed out
+	// slow report    timed out
 	// 2 2 [tea cake] -1
 }
 

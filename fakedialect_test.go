@@ -285,3 +285,64 @@ func TestFakeCancelPath(t *testing.T) {
 		})
 	}
 }
+
+// lateCtx is a context derived from its parent whose end reaches it late,
+// as a hook's context may (context propagates a foreign type's cancel on a
+// goroutine of its own).
+type lateCtx struct {
+	context.Context
+	done chan struct{}
+}
+
+func (c *lateCtx) Done() <-chan struct{} { return c.done }
+func (c *lateCtx) Err() error {
+	select {
+	case <-c.done:
+		return c.Context.Err()
+	default:
+		return nil
+	}
+}
+
+// lateHook gives every query a lateCtx that ends 50ms after its parent.
+type lateHook struct{ NopHook }
+
+func (lateHook) StartQuery(ctx context.Context, _ QueryInfo) context.Context {
+	c := &lateCtx{Context: ctx, done: make(chan struct{})}
+	go func() {
+		<-ctx.Done()
+		time.Sleep(50 * time.Millisecond)
+		close(c.done)
+	}()
+	return c
+}
+
+// The status rule: the batch's end (its deadline, or FailFast) starts the
+// stop while the query's own context has not ended yet. The stop must wait
+// for it, so a statement our stop interrupted ends TimedOut or Canceled,
+// never Failed with the server's "interrupted" error.
+func TestFakeStopWaitsForTheQueryContext(t *testing.T) {
+	for _, failFast := range []bool{false, true} {
+		for _, closure := range []bool{false, true} {
+			db, _, p := openFake(t, Config{KillGrace: 100 * time.Millisecond, MaxInFlight: -1, Hooks: []Hook{lateHook{}}})
+			s := newScript(plan{stopAfter: 5 * time.Millisecond, stopResult: stopDelivered, onAnswer: "interrupt"})
+			v := int64(-1)
+			b := From(db).Timeout(100 * time.Millisecond)
+			want := TimedOut
+			if failFast {
+				b.FailFast().Go("boom", func(*gorm.DB) error { <-s.started; return errors.New("boom") })
+				want = Canceled
+			}
+			if closure {
+				b.Go("q", func(tx *gorm.DB) error { return tx.Raw("SELECT block()").Scan(&v).Error })
+			} else {
+				b.Raw(&v, "SELECT block()", As("q"))
+			}
+			rep, _ := b.Wait()
+			if r, _ := rep.Get("q"); r.Status != want || !r.Killed || v != -1 {
+				t.Errorf("failFast %v, closure %v: %v (killed %v, dest %d): %v; want %v", failFast, closure, r.Status, r.Killed, v, r.Err, want)
+			}
+			p.reclaiming.Wait()
+		}
+	}
+}

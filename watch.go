@@ -106,6 +106,11 @@ func (w *watcher) unwatch() bool {
 // answer.
 func (w *watcher) onCancel() {
 	q := w.q
+	// The batch's context may end a moment before the query's own (a
+	// child: the cancel is still propagating, on a goroutine for a hook's
+	// context type). Wait for it, so that the status decision sees the
+	// query's context ended for every statement a stop interrupts.
+	<-q.ctx.Done()
 	end := time.Now()
 	if dl, ok := q.ctx.Deadline(); ok && dl.Before(end) && errors.Is(q.ctx.Err(), context.DeadlineExceeded) {
 		end = dl // the budget counts from the deadline, not from a late timer
