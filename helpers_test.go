@@ -232,7 +232,7 @@ type backend struct {
 	// open opens dsn (seeded, 8 connections) without the plugin, or skips
 	// the test when no server answers.
 	open func(t testing.TB, dsn string, gcfg *gorm.Config) *serverDB
-	// heavy is a CPU-bound query of seconds, medium of about half a
+	// heavy is a CPU-bound query of seconds, medium of about a
 	// second, fast answers at once; each carries tag, and returns one
 	// int64.
 	heavy, medium, fast func(tag string) string

@@ -34,8 +34,8 @@ func init() {
 		heavy: func(tag string) string { // ~7 s
 			return "SELECT COUNT(*) FROM seq_1_to_1000 a, seq_1_to_1000 b, seq_1_to_200 c" + mark(tag)
 		},
-		medium: func(tag string) string { // ~0.7 s
-			return "SELECT COUNT(*) FROM seq_1_to_1000 a, seq_1_to_1000 b, seq_1_to_20 c" + mark(tag)
+		medium: func(tag string) string { // ~1.2 s
+			return "SELECT COUNT(*) FROM seq_1_to_1000 a, seq_1_to_1000 b, seq_1_to_40 c" + mark(tag)
 		},
 		fast:        func(tag string) string { return "SELECT 42" + mark(tag) },
 		sleep:       func(tag string, s float64) string { return fmt.Sprintf("SELECT SLEEP(%g)", s) + mark(tag) },

@@ -27,10 +27,10 @@ const (
 	overloadGrace    = 100 * time.Millisecond
 	// overloadAllowance is how late, past deadline + KillGrace, Wait may
 	// return with both cores saturated: the operating system then runs
-	// this process's timers late (measured here up to ~290 ms on
-	// PostgreSQL under -race, whose cancel requests fork on the starved
-	// server; the log line says how late each step was). Half the
-	// batches must stay within 50 ms. See the README's Guarantees.
+	// this process's timers late, most on PostgreSQL under -race, whose
+	// cancel requests fork on the starved server (the log line says how
+	// late each step was). Half the batches must stay within 50 ms. The
+	// README's Limits state both figures.
 	overloadAllowance = 500 * time.Millisecond
 )
 
