@@ -104,18 +104,24 @@ func TestServerStoppedAnswerIsNotDone(t *testing.T) {
 	eachServer(t, func(t *testing.T, be *backend) {
 		s := openServer(t, be, gormbatch.Config{NoServerDeadline: true})
 		tg := tag(t)
+		skipped := 0
 		for i := range 50 {
 			v := int64(-1)
 			rep, _ := gormbatch.From(s.DB).Timeout(100*time.Millisecond).
 				Raw(&v, be.sleep(tg, 5), gormbatch.As("sleep")).
 				Wait()
 			r := rep.Results[0]
-			if r.Status == gormbatch.Done || !r.Killed || v != -1 {
+			if r.Status == gormbatch.Skipped && v == -1 {
+				skipped++ // a starved machine may not start it within 100 ms
+			} else if r.Status == gormbatch.Done || !r.Killed || v != -1 {
 				t.Fatalf("batch %d: %v, killed %v, dest %d: %v\n%v", i, r.Status, r.Killed, v, r.Err, rep)
 			}
 			if rep.Elapsed > 100*time.Millisecond+100*time.Millisecond+serverMargin {
 				t.Fatalf("PROMISE 1: Wait took %v", rep.Elapsed)
 			}
+		}
+		if skipped > 10 {
+			t.Fatalf("%d of 50 batches never started their query: too few stopped", skipped)
 		}
 		s.gone(t, tg, leaveWithin)
 		reclaimed(t, s.p, s.sqlDB)
