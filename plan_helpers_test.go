@@ -250,9 +250,15 @@ func serverTarget(s *serverDB, tag string, grace time.Duration) *planTarget {
 		name: s.be.name, db: s.DB, sqlDB: s.sqlDB, p: s.p, tag: tag,
 		errSQL:      "SELECT * FROM gb_no_such_table" + mark,
 		granularity: func(qplan) time.Duration { return grace },
+		// Goroutines the drivers keep per connection, not the batch's: a
+		// pooled connection's watcher, pgx closing a connection, and pgx's
+		// background reader, which a slow write starts and which, once
+		// stopped, stays in its read until the idle connection's next
+		// answer (pgconn's enterPotentialWriteReadDeadlock).
 		leakIgnore: []goleak.Option{
 			goleak.IgnoreAnyFunction("github.com/go-sql-driver/mysql.(*mysqlConn).startWatcher.func1"),
 			goleak.IgnoreAnyFunction("github.com/jackc/pgx/v5/pgconn.(*PgConn).asyncClose.func1"),
+			goleak.IgnoreAnyFunction("github.com/jackc/pgx/v5/pgconn/internal/bgreader.(*BGReader).bgRead"),
 		},
 	}
 	if s.be == postgresBackend {
