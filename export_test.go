@@ -1,6 +1,10 @@
 package gormbatch
 
-import "time"
+import (
+	"bytes"
+	"sync"
+	"time"
+)
 
 // Test hooks.
 
@@ -37,4 +41,23 @@ func KillPoolWait(p *Plugin) (n int64, d time.Duration) {
 		return true
 	})
 	return n, d
+}
+
+// SyncBuffer is a log sink for tests: a bytes.Buffer that loggers on
+// several goroutines may write to while the test reads it.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -1,7 +1,6 @@
 package gormbatch_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log"
@@ -22,16 +21,14 @@ import (
 // A query's log record carries the source position of the application's
 // call that added it, with stable attribute names.
 func TestLogRecordNamesTheApp(t *testing.T) {
-	var mu sync.Mutex
-	var buf bytes.Buffer
-	h := slog.NewJSONHandler(lockedWriter{&mu, &buf}, &slog.HandlerOptions{AddSource: true, Level: slog.LevelDebug})
+	var buf gormbatch.SyncBuffer
+	h := slog.NewJSONHandler(&buf, &slog.HandlerOptions{AddSource: true, Level: slog.LevelDebug})
 	db, _ := openSQLite(t, gormbatch.Config{Logger: slog.New(h)})
 	var users []User
 	_, _, line, _ := runtime.Caller(0)
 	b := gormbatch.From(db).Timeout(100*time.Millisecond).Go("slow", func(tx *gorm.DB) error { return slow(tx, 50).Find(&users).Error }) // line+1
 	b.Wait()
-	mu.Lock()
-	defer mu.Unlock()
+	out := buf.String()
 	var rec struct {
 		Level, Msg, Query, Status, Dialect string
 		Waited, Ran                        float64
@@ -44,14 +41,14 @@ func TestLogRecordNamesTheApp(t *testing.T) {
 		}
 	}
 	found := false
-	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 		if json.Unmarshal([]byte(l), &rec) == nil && rec.Msg == "gormbatch: query timed out" {
 			found = true
 			break
 		}
 	}
 	if !found || rec.Level != "INFO" || rec.Query != "slow" || rec.Status != "timed out" || rec.Dialect != "sqlite" || !strings.Contains(rec.Err, "deadline") {
-		t.Fatalf("no timed-out record with the expected attributes:\n%s", buf.String())
+		t.Fatalf("no timed-out record with the expected attributes:\n%s", out)
 	}
 	if filepath.Base(rec.Source.File) != "observe_test.go" || rec.Source.Line != line+1 {
 		t.Errorf("the record points at %s:%d, want observe_test.go:%d", rec.Source.File, rec.Source.Line, line+1)
@@ -62,10 +59,9 @@ func TestLogRecordNamesTheApp(t *testing.T) {
 // error (the plugin's own log and Stats do), and still reports real
 // errors.
 func TestGormLoggerQuietAboutStops(t *testing.T) {
-	var mu sync.Mutex
-	var buf bytes.Buffer
+	var buf gormbatch.SyncBuffer
 	db, _ := openSQLitePlain(t)
-	db.Logger = logger.New(log.New(lockedWriter{&mu, &buf}, "", 0), logger.Config{LogLevel: logger.Info, SlowThreshold: time.Hour})
+	db.Logger = logger.New(log.New(&buf, "", 0), logger.Config{LogLevel: logger.Info, SlowThreshold: time.Hour})
 	use(t, db, gormbatch.Config{})
 	var a, b []User
 	rep, _ := gormbatch.From(db).Timeout(100*time.Millisecond).
@@ -74,9 +70,7 @@ func TestGormLoggerQuietAboutStops(t *testing.T) {
 		Wait()
 	status(t, rep, "stopped", gormbatch.TimedOut)
 	status(t, rep, "broken", gormbatch.Failed)
-	mu.Lock()
 	out := buf.String()
-	mu.Unlock()
 	if !strings.Contains(out, "no such table") {
 		t.Errorf("GORM's logger lost a real error:\n%s", out)
 	}
@@ -146,15 +140,4 @@ func TestHooks(t *testing.T) {
 	if seen != "first" {
 		t.Errorf("the query's statements ran under %v, not StartQuery's context", seen)
 	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
 }

@@ -1,12 +1,10 @@
 package gormbatch
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -120,31 +118,17 @@ func TestStatsStatusesSlotsAndInFlight(t *testing.T) {
 // With no Logger, the plugin logs warnings (a cut connection) to
 // slog.Default and nothing below (a timed-out query).
 func TestDefaultLoggerWarnsOnly(t *testing.T) {
-	var buf bytes.Buffer
-	var mu sync.Mutex
+	var buf SyncBuffer
 	old := slog.Default()
-	slog.SetDefault(slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	slog.SetDefault(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	defer slog.SetDefault(old)
 	db, _, p := openFake(t, Config{KillGrace: 100 * time.Millisecond})
 	p.log = slog.New(warnOnly{}) // what New gives a nil Logger (openFake sets a discarding one)
 	newScript(plan{stopAfter: 5 * time.Millisecond, stopResult: stopFailed})
 	batchOf(t, db, false)
 	p.reclaiming.Wait()
-	mu.Lock()
 	out := buf.String()
-	mu.Unlock()
 	if !strings.Contains(out, "level=WARN msg=\"gormbatch: cut\"") || strings.Contains(out, "query timed out") || strings.Contains(out, "DEBUG") {
 		t.Errorf("default logger output:\n%s", out)
 	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
 }
