@@ -25,63 +25,44 @@ func TestWritesRefused(t *testing.T) {
 		}
 		id := int64(-1)
 		var rows []txItem
+		// Each case builds a batch on db with one write in it.
+		raw := func(dest any, sql string) func(*gorm.DB) *gormbatch.Batch {
+			return func(db *gorm.DB) *gormbatch.Batch { return gormbatch.From(db).Raw(dest, sql) }
+		}
+		closure := func(f func(tx *gorm.DB) error) func(*gorm.DB) *gormbatch.Batch {
+			return func(db *gorm.DB) *gormbatch.Batch { return gormbatch.From(db).Go("write", f) }
+		}
 		writes := []struct {
-			name string
-			add  func(b *gormbatch.Batch) *gormbatch.Batch
+			name  string
+			batch func(db *gorm.DB) *gormbatch.Batch
 		}{
-			{"Raw INSERT RETURNING", func(b *gormbatch.Batch) *gormbatch.Batch {
-				return b.Raw(&id, "INSERT INTO gb_write_items (id, name) VALUES (2, 'x') RETURNING id")
+			{"Raw INSERT RETURNING", raw(&id, "INSERT INTO gb_write_items (id, name) VALUES (2, 'x') RETURNING id")},
+			{"Raw UPDATE after a comment", raw(&rows, "/* tag */ UPDATE gb_write_items SET name = 'x' RETURNING id, name")},
+			{"Raw DELETE in parentheses", raw(&rows, "  -- c\n (DELETE FROM gb_write_items)")},
+			{"Raw data-modifying CTE", raw(&id, "WITH d AS (DELETE FROM gb_write_items RETURNING id) SELECT count(*) FROM d")},
+			{"Raw SELECT INTO", raw(&rows, "SELECT * INTO gb_write_copy FROM gb_write_items")},
+			{"Raw two statements", raw(&rows, "SELECT 1; DELETE FROM gb_write_items")},
+			{"Scan of a write", func(db *gorm.DB) *gormbatch.Batch {
+				return gormbatch.From(db.Raw("DELETE FROM gb_write_items")).Scan(&rows)
 			}},
-			{"Raw UPDATE after a comment", func(b *gormbatch.Batch) *gormbatch.Batch {
-				return b.Raw(&rows, "/* tag */ UPDATE gb_write_items SET name = 'x' RETURNING id, name")
-			}},
-			{"Raw DELETE in parentheses", func(b *gormbatch.Batch) *gormbatch.Batch {
-				return b.Raw(&rows, "  -- c\n (DELETE FROM gb_write_items)")
-			}},
-			{"Raw data-modifying CTE", func(b *gormbatch.Batch) *gormbatch.Batch {
-				return b.Raw(&id, "WITH d AS (DELETE FROM gb_write_items RETURNING id) SELECT count(*) FROM d")
-			}},
-			{"Raw SELECT INTO", func(b *gormbatch.Batch) *gormbatch.Batch {
-				return b.Raw(&rows, "SELECT * INTO gb_write_copy FROM gb_write_items")
-			}},
-			{"Raw two statements", func(b *gormbatch.Batch) *gormbatch.Batch {
-				return b.Raw(&rows, "SELECT 1; DELETE FROM gb_write_items")
-			}},
-			{"Scan of a write", func(b *gormbatch.Batch) *gormbatch.Batch { return b.Scan(&rows) }},
-			{"Exec in a closure", func(b *gormbatch.Batch) *gormbatch.Batch {
-				return b.Go("exec", func(tx *gorm.DB) error { return tx.Exec("UPDATE gb_write_items SET name = 'x'").Error })
-			}},
-			{"Row in a closure", func(b *gormbatch.Batch) *gormbatch.Batch {
-				return b.Go("row", func(tx *gorm.DB) error {
-					var v int64
-					return tx.Raw("DELETE FROM gb_write_items RETURNING id").Row().Scan(&v)
-				})
-			}},
-			{"Rows in a closure", func(b *gormbatch.Batch) *gormbatch.Batch {
-				return b.Go("rows", func(tx *gorm.DB) error {
-					r, err := tx.Raw("UPDATE gb_write_items SET name = 'x' RETURNING id").Rows()
-					if err == nil {
-						r.Close()
-					}
-					return err
-				})
-			}},
-			{"Create", func(b *gormbatch.Batch) *gormbatch.Batch {
-				return b.Go("create", func(tx *gorm.DB) error { return tx.Table(table).Create(&txItem{ID: 3, Name: "x"}).Error })
-			}},
-			{"Update", func(b *gormbatch.Batch) *gormbatch.Batch {
-				return b.Go("update", func(tx *gorm.DB) error { return tx.Table(table).Where("id = 1").Update("name", "x").Error })
-			}},
-			{"Delete", func(b *gormbatch.Batch) *gormbatch.Batch {
-				return b.Go("delete", func(tx *gorm.DB) error { return tx.Table(table).Delete(&txItem{ID: 1}).Error })
-			}},
+			{"Exec in a closure", closure(func(tx *gorm.DB) error { return tx.Exec("UPDATE gb_write_items SET name = 'x'").Error })},
+			{"Row in a closure", closure(func(tx *gorm.DB) error {
+				var v int64
+				return tx.Raw("DELETE FROM gb_write_items RETURNING id").Row().Scan(&v)
+			})},
+			{"Rows in a closure", closure(func(tx *gorm.DB) error {
+				r, err := tx.Raw("UPDATE gb_write_items SET name = 'x' RETURNING id").Rows()
+				if err == nil {
+					r.Close()
+				}
+				return err
+			})},
+			{"Create", closure(func(tx *gorm.DB) error { return tx.Table(table).Create(&txItem{ID: 3, Name: "x"}).Error })},
+			{"Update", closure(func(tx *gorm.DB) error { return tx.Table(table).Where("id = 1").Update("name", "x").Error })},
+			{"Delete", closure(func(tx *gorm.DB) error { return tx.Table(table).Delete(&txItem{ID: 1}).Error })},
 		}
 		for _, w := range writes {
-			from := db
-			if w.name == "Scan of a write" {
-				from = db.Raw("DELETE FROM gb_write_items")
-			}
-			rep, err := w.add(gormbatch.From(from)).Wait()
+			rep, err := w.batch(db).Wait()
 			if rep == nil || rep.Results[0].Status != gormbatch.Failed || !errors.Is(err, gormbatch.ErrWriteInBatch) {
 				t.Errorf("%s: %v\n%v", w.name, err, rep)
 			}
