@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -389,68 +390,54 @@ func destKey(dest any) (uintptr, error) {
 
 // runState is what the queries of one running batch share.
 type runState struct {
-	p       *Plugin
-	start   time.Time           // when Wait started
-	ctx     context.Context     // the batch's
-	queries int                 // in the batch
-	wg      sync.WaitGroup      // queries started and not settled
-	local   *semaphore.Weighted // this batch's concurrency
-	global  *semaphore.Weighted // MaxInFlight; nil: unbounded or nested
-	fail    func(*query)        // FailFast
-	w       watched
+	p      *Plugin
+	start  time.Time           // when Wait started
+	ctx    context.Context     // the batch's
+	wg     sync.WaitGroup      // queries started and not settled
+	local  *semaphore.Weighted // this batch's concurrency
+	global *semaphore.Weighted // MaxInFlight; nil: unbounded or nested
+	fail   func(*query)        // FailFast
+	w      watched
 }
 
 // watched are the watchers (watch.go) whose onCancel the batch's context
 // starts when it ends: one context.AfterFunc for the batch, not one per
-// query. Guarded by mu.
+// query, and no lock. A query's watcher sits in the slot of its index;
+// whoever empties a slot holding a watcher decides its fate: cancelAll
+// starts its onCancel, unwatch stops watching it.
 type watched struct {
-	mu        sync.Mutex
-	stop      func() bool // stops the batch's AfterFunc; nil until a watcher registers
-	cancelled bool        // the batch's context ended: onCancel started for every watcher
-	ws        []*watcher  // registered; nil where one left (watcher.slot)
+	stop      func() bool               // stops the batch's AfterFunc; set before any query starts
+	cancelled atomic.Bool               // the batch's context ended
+	ws        []atomic.Pointer[watcher] // by query index
 }
 
 // watch registers w; if the batch's context has ended it starts w's
-// onCancel at once.
+// onCancel at once. A watcher stored before cancelAll empties its slot is
+// started there; one stored after sees cancelled (both are sequentially
+// consistent) and starts itself, unless cancelAll got to it.
 func (rs *runState) watch(w *watcher) {
-	rs.w.mu.Lock()
-	defer rs.w.mu.Unlock()
-	if rs.w.cancelled {
+	slot := &rs.w.ws[w.q.index]
+	slot.Store(w)
+	if rs.w.cancelled.Load() && slot.Swap(nil) != nil {
 		go w.onCancel()
-		return
 	}
-	if rs.w.stop == nil {
-		rs.w.ws = make([]*watcher, 0, rs.queries)
-		rs.w.stop = context.AfterFunc(rs.ctx, rs.cancelAll)
-	}
-	w.slot = len(rs.w.ws)
-	rs.w.ws = append(rs.w.ws, w)
 }
 
 // unwatch removes w and reports whether its onCancel had not been started
 // (then it never will).
 func (rs *runState) unwatch(w *watcher) bool {
-	rs.w.mu.Lock()
-	defer rs.w.mu.Unlock()
-	if rs.w.cancelled {
-		return false
-	}
-	rs.w.ws[w.slot] = nil
-	return true
+	return rs.w.ws[w.q.index].Swap(nil) != nil
 }
 
 // cancelAll starts the onCancel of every watcher when the batch's context
 // ends.
 func (rs *runState) cancelAll() {
-	rs.w.mu.Lock()
-	defer rs.w.mu.Unlock()
-	rs.w.cancelled = true
-	for _, w := range rs.w.ws {
-		if w != nil {
+	rs.w.cancelled.Store(true)
+	for i := range rs.w.ws {
+		if w := rs.w.ws[i].Swap(nil); w != nil {
 			go w.onCancel()
 		}
 	}
-	rs.w.ws = nil
 }
 
 // settled is called once per query, when its status is decided.
@@ -500,12 +487,12 @@ func (b *Batch) run(qs []*query) (*Report, error) {
 		defer cancel()
 	}
 
-	rs := &runState{p: p, start: start, ctx: ctx, queries: len(qs)}
-	defer func() {
-		if rs.w.stop != nil {
-			rs.w.stop()
-		}
-	}()
+	rs := &runState{p: p, start: start, ctx: ctx}
+	if p.dialect != nil { // server cancel: watchers register (watch.go)
+		rs.w.ws = make([]atomic.Pointer[watcher], len(qs))
+		rs.w.stop = context.AfterFunc(ctx, rs.cancelAll)
+		defer rs.w.stop()
+	}
 	rep := &Report{Results: make([]Result, len(qs))}
 	var failOnce sync.Once
 	rs.fail = func(q *query) {

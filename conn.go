@@ -166,6 +166,15 @@ func (q *query) begin(ctx context.Context, p *pin, query string) (context.Contex
 		// statement, the limit is the safety net if it cannot.
 		query = p.srv.limit(query, info, time.Until(dl)+q.p.cfg.KillGrace)
 	}
+	if _, ok := p.sess.(cutter); ok && q.finder {
+		// GORM closes a finder's rows on every path (deferred), so none
+		// are left for the driver's context to close, and this session
+		// cuts without that context: the driver sees one that never ends,
+		// and neither database/sql nor the driver starts anything per
+		// statement to watch it. A closure may leave rows open: it keeps
+		// the watcher's context (TestServerOpenRows).
+		return context.WithoutCancel(ctx), query, nil
+	}
 	if ctx == q.ctx { // no statement-level values (tracing): the query's
 		return w, query, nil
 	}

@@ -37,10 +37,10 @@ import (
 //     connection. The generic code sends nothing on the connection until
 //     stop has returned, and discards the connection after any other answer
 //     (it may still land), so no dialect needs a "consume" statement.
-//   - cut makes a statement blocked on the connection return at once by
-//     closing its socket, and reports whether it could; if not, the
-//     generic code cancels the driver's context (the driver then closes
-//     the socket). Either way the connection is discarded afterwards.
+//   - a session that can close its connection's socket itself implements
+//     cutter; otherwise the generic code cuts by ending the driver's
+//     context (the driver then closes the socket). Either way the
+//     connection is discarded afterwards.
 //   - classify maps a statement's error to what the status decision needs;
 //     it never decides a status itself (query.go endLocked does, from timing).
 type dialect interface {
@@ -77,10 +77,11 @@ type session interface {
 	// stop asks the server to stop the connection's running statement and
 	// waits for its answer until ctx ends; see the contract above.
 	stop(ctx context.Context) stopResult
-	// cut closes the connection's socket without waiting for anything,
-	// and reports whether it did.
-	cut() bool
 }
+
+// cutter is a session that can make a statement blocked on its connection
+// return at once, by closing the socket without waiting for anything.
+type cutter interface{ cut() }
 
 // stopResult is the answer to a stop.
 type stopResult uint8

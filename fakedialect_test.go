@@ -139,11 +139,10 @@ func (fakeSession) stop(ctx context.Context) stopResult {
 	return s.stopResult
 }
 
-func (fakeSession) cut() bool {
+func (fakeSession) cut() {
 	s := theScript()
 	s.cuts.Add(1)
 	s.finish(errFakeCut)
-	return true
 }
 
 // fakeDialector is SQLite under the dialect name "fake".

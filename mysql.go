@@ -221,7 +221,3 @@ func (t *mysqlSession) stop(ctx context.Context) stopResult {
 	}
 	return stopFailed
 }
-
-// cut leaves it to the driver, which closes the socket when its context is
-// cancelled.
-func (t *mysqlSession) cut() bool { return false }

@@ -149,7 +149,4 @@ func (s pgSession) stop(ctx context.Context) stopResult {
 // application's pgx cancel handler, which may send a cancel request, sleep
 // 100 ms and close only after its DeadlineDelay
 // (CancelRequestContextWatcherHandler).
-func (s pgSession) cut() bool {
-	s.pg.Conn().Close()
-	return true
-}
+func (s pgSession) cut() { s.pg.Conn().Close() }

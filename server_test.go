@@ -416,3 +416,46 @@ func TestServerSessions(t *testing.T) {
 		}
 	})
 }
+
+// Promise 2 on a server: a closure that leaves its rows open still gives
+// its connection back when Wait returns (the plugin ends the driver's
+// context, and database/sql closes the rows), beside a finder whose
+// statements see a context that never ends.
+func TestServerOpenRows(t *testing.T) {
+	eachServer(t, func(t *testing.T, be *backend) {
+		s := openServer(t, be, gormbatch.Config{})
+		var users []User
+		var rep *gormbatch.Report
+		var err error
+		waited := make(chan struct{})
+		go func() {
+			defer close(waited)
+			rep, err = gormbatch.From(s.DB).Timeout(serverDeadline).
+				Find(&users, gormbatch.As("find")).
+				Go("open-rows", func(tx *gorm.DB) error {
+					rows, err := tx.Table("users").Rows() // never closed: a bug in the closure
+					if err == nil {
+						rows.Next()
+					}
+					return err
+				}).
+				Wait()
+		}()
+		select {
+		case <-waited:
+		case <-time.After(serverDeadline + 100*time.Millisecond + serverMargin):
+			t.Fatal("PROMISE 1: Wait did not return: the open rows hold the connection")
+		}
+		if err != nil || len(users) != seedUsers {
+			t.Fatalf("%v: %d users\n%v", err, len(users), rep)
+		}
+		checkPool(t, s.sqlDB)
+		before := s.connects.Load()
+		if _, err := gormbatch.From(s.DB).Find(&users).Wait(); err != nil {
+			t.Fatal(err)
+		}
+		if d := s.connects.Load() - before; d != 0 {
+			t.Errorf("%d new connections after the batch", d)
+		}
+	})
+}

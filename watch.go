@@ -49,7 +49,6 @@ type watcher struct {
 	own    func() bool   // stops the query's own context.AfterFunc (WithTimeout); nil: the batch's runs onCancel
 	hard   chan struct{} // closed to cut: the driver's context is done on it
 	pinArr [1]*pin       // room for pins
-	slot   int           // in its batch's watchers (runState.watch)
 
 	// Lock order: query.mu before mu.
 	mu      sync.Mutex // guards the fields below, and every pin's watcher fields
@@ -250,7 +249,11 @@ func (w *watcher) cut(cause error) {
 	}
 	hard := len(cut) == 0 // nothing to cut: stop whatever the driver runs
 	for _, p := range cut {
-		hard = !p.sess.cut() || hard
+		if c, ok := p.sess.(cutter); ok {
+			c.cut()
+		} else {
+			hard = true
+		}
 		w.q.p.emit(w.q, Event{Kind: EventCut, Server: p.srv.name(), Err: cause})
 	}
 	if hard {
