@@ -195,9 +195,11 @@ func plugin(db *gorm.DB) *Plugin {
 }
 
 // Close waits for connections the plugin still holds after Wait returned
-// (see KillGrace; at most ReclaimTimeout), then closes the connections it
-// opened for server cancel. Call it when closing the *gorm.DB; batches
-// started afterwards open them again.
+// (see KillGrace; at most ReclaimTimeout, unless a query's goroutine is
+// blocked for good: a sql.Scanner that panicked deadlocks database/sql,
+// golang/go#76465), then closes the connections it opened for server
+// cancel. Call it when closing the *gorm.DB; batches started afterwards
+// open them again.
 func (p *Plugin) Close() error {
 	p.reclaiming.Wait()
 	var errs []error
