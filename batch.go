@@ -401,12 +401,12 @@ type runState struct {
 }
 
 // watched are the watchers (watch.go) whose onCancel the batch's context
-// starts when it ends: one context.AfterFunc for the batch, not one per
-// query, and no lock. A query's watcher sits in the slot of its index;
-// whoever empties a slot holding a watcher decides its fate: cancelAll
-// starts its onCancel, unwatch stops watching it.
+// starts when it ends: one context.AfterFunc for the batch (set up in run
+// before any query starts), not one per query, and no lock. A query's
+// watcher sits in the slot of its index; whoever empties a slot holding a
+// watcher decides its fate: cancelAll starts its onCancel, unwatch stops
+// watching it.
 type watched struct {
-	stop      func() bool               // stops the batch's AfterFunc; set before any query starts
 	cancelled atomic.Bool               // the batch's context ended
 	ws        []atomic.Pointer[watcher] // by query index
 }
@@ -490,8 +490,8 @@ func (b *Batch) run(qs []*query) (*Report, error) {
 	rs := &runState{p: p, start: start, ctx: ctx}
 	if p.dialect != nil { // server cancel: watchers register (watch.go)
 		rs.w.ws = make([]atomic.Pointer[watcher], len(qs))
-		rs.w.stop = context.AfterFunc(ctx, rs.cancelAll)
-		defer rs.w.stop()
+		stop := context.AfterFunc(ctx, rs.cancelAll)
+		defer stop()
 	}
 	rep := &Report{Results: make([]Result, len(qs))}
 	var failOnce sync.Once

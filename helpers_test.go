@@ -369,3 +369,13 @@ func within(d time.Duration, f func() error) error {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
+
+// leaveRowsOpen is a Go closure with a bug: it reads one row and never
+// closes its rows.
+func leaveRowsOpen(tx *gorm.DB) error {
+	rows, err := tx.Table("users").Rows()
+	if err == nil {
+		rows.Next()
+	}
+	return err
+}

@@ -1,7 +1,6 @@
 package gormbatch_test
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -11,7 +10,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -124,24 +122,6 @@ func TestMySQLKillStatementsAreDigits(t *testing.T) {
 
 const secretPW = "S3cr3t-pw-xyz"
 
-// syncBuffer collects log lines from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // Errors, reports and logs (GORM's logger at Info level, the driver's
 // logger) never contain the DSN password: batches with kills, SQL errors,
 // panics and cut connections, a wrong password, and a kill pool that cannot
@@ -173,7 +153,7 @@ func TestMySQLNoPasswordInErrorsOrLogs(t *testing.T) {
 		}
 	})
 
-	var logs syncBuffer
+	var logs gormbatch.SyncBuffer
 	var seen []string // every error and report string produced
 	note := func(rep *gormbatch.Report, err error) {
 		if err != nil {
