@@ -396,7 +396,7 @@ type runState struct {
 	wg     sync.WaitGroup      // queries started and not settled
 	local  *semaphore.Weighted // this batch's concurrency
 	global *semaphore.Weighted // MaxInFlight; nil: unbounded or nested
-	fail   func(*query)        // FailFast
+	fail   func(*query)        // FailFast; nil without it
 	w      watched
 }
 
@@ -442,7 +442,9 @@ func (rs *runState) cancelAll() {
 
 // settled is called once per query, when its status is decided.
 func (rs *runState) settled(q *query) {
-	rs.fail(q)
+	if rs.fail != nil {
+		rs.fail(q)
+	}
 	if rs.local != nil && q.started > 0 {
 		rs.local.Release(1)
 		rs.wg.Done()
@@ -479,8 +481,11 @@ func (b *Batch) run(qs []*query) (*Report, error) {
 			ctx = c
 		}
 	}
-	ctx, cancelCause := context.WithCancelCause(ctx)
-	defer cancelCause(nil)
+	var failFast context.CancelCauseFunc
+	if b.failFast {
+		ctx, failFast = context.WithCancelCause(ctx)
+		defer failFast(nil)
+	}
 	if b.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadlineCause(ctx, start.Add(b.timeout), timeoutError{"batch deadline", b.timeout})
@@ -494,10 +499,12 @@ func (b *Batch) run(qs []*query) (*Report, error) {
 		defer stop()
 	}
 	rep := &Report{Results: make([]Result, len(qs))}
-	var failOnce sync.Once
-	rs.fail = func(q *query) {
-		if b.failFast && !q.optional && q.res.Status != Done {
-			failOnce.Do(func() { cancelCause(fmt.Errorf("%w: %s %s", ErrFailFast, q.res.Name, q.res.Status)) })
+	if failFast != nil {
+		var once sync.Once
+		rs.fail = func(q *query) {
+			if !q.optional && q.res.Status != Done {
+				once.Do(func() { failFast(fmt.Errorf("%w: %s %s", ErrFailFast, q.res.Name, q.res.Status)) })
+			}
 		}
 	}
 	inTx := isTx(b.db)
@@ -546,23 +553,36 @@ func (b *Batch) runPool(ctx, parent context.Context, qs []*query, rs *runState) 
 	}
 	rs.local, rs.global = semaphore.NewWeighted(int64(limit)), global
 	for _, q := range qs {
-		t0 := time.Now()
-		if rs.local.Acquire(ctx, 1) != nil {
+		if p.acquire(ctx, rs.local) != nil {
 			q.skip(ctx)
 			continue
 		}
-		if global != nil && global.Acquire(ctx, 1) != nil {
+		if global != nil && p.acquire(ctx, global) != nil {
 			rs.local.Release(1)
 			q.skip(ctx)
 			continue
 		}
-		p.stats.slotWait.Add(int64(time.Since(t0)))
 		p.stats.inFlight.Add(1)
 		q.start(ctx, b.db)
 		rs.wg.Add(1)
 		go q.exec()
 	}
 	rs.wg.Wait()
+}
+
+// acquire takes a slot of sem for a query, unless ctx ends first; only a
+// wait for a slot (none was free) is timed, as slot wait.
+func (p *Plugin) acquire(ctx context.Context, sem *semaphore.Weighted) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if sem.TryAcquire(1) {
+		return nil
+	}
+	t0 := time.Now()
+	err := sem.Acquire(ctx, 1)
+	p.stats.slotWait.Add(int64(time.Since(t0)))
+	return err
 }
 
 // runTx runs the queries one at a time on the transaction's connection, in

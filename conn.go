@@ -143,7 +143,7 @@ func (q *query) bind(db *gorm.DB, p *pin) error {
 // begin is called before every statement on a pinned connection. It returns
 // the context the driver sees and the SQL to send.
 func (q *query) begin(ctx context.Context, p *pin, query string) (context.Context, string, error) {
-	info := classify(query)
+	info := q.p.stmts.classify(query)
 	if !info.read {
 		return nil, "", ErrWriteInBatch
 	}
@@ -164,7 +164,7 @@ func (q *query) begin(ctx context.Context, p *pin, query string) (context.Contex
 	if dl, ok := q.ctx.Deadline(); ok && !q.p.cfg.NoServerDeadline {
 		// KillGrace later than the deadline: the kill stops the
 		// statement, the limit is the safety net if it cannot.
-		query = p.srv.limit(query, info, time.Until(dl)+q.p.cfg.KillGrace)
+		query = p.srv.limit(query, info, dl.Add(q.p.cfg.KillGrace))
 	}
 	if _, ok := p.sess.(cutter); ok && q.finder {
 		// GORM closes a finder's rows on every path (deferred), so none

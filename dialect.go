@@ -61,9 +61,9 @@ type server interface {
 	// bind returns the session of a pinned connection: dc is its driver
 	// connection, q runs a statement on it. ctx is the driver's context.
 	bind(ctx context.Context, dc any, q querier) (session, error)
-	// limit returns a read statement carrying the remaining time as a
-	// server-side limit, or query unchanged if the server has none.
-	limit(query string, s stmtInfo, remaining time.Duration) string
+	// limit returns a read statement carrying a server-side limit that
+	// stops it at until, or query unchanged if the server has none.
+	limit(query string, s stmtInfo, until time.Time) string
 	// classify tells what a statement's error means.
 	classify(err error) errKind
 	// name describes the server for logs ("MariaDB 10.11.19").

@@ -24,11 +24,26 @@ func IDLookups(p *Plugin) (n int64) {
 // to a MariaDB (mariadb) or MySQL server.
 func Rewrite(mariadb bool, query string, remainingMS int) string {
 	s := &mysqlServer{mariadb: mariadb, limits: true}
-	return s.limit(query, classify(query), time.Duration(remainingMS)*time.Millisecond)
+	return s.limit(query, classify(query), time.Now().Add(time.Duration(remainingMS)*time.Millisecond))
 }
 
 // IsRead reports whether the plugin treats query as a read.
 func IsRead(query string) bool { return classify(query).read }
+
+// StmtCache is the plugin's cache of what statement texts are.
+type StmtCache = stmtCache
+
+// IsRead reports whether the plugin treats query as a read, through c.
+func (c *stmtCache) IsRead(query string) bool { return c.classify(query).read }
+
+// Len returns how many texts c holds.
+func (c *stmtCache) Len() (n int) {
+	c.m.Range(func(_, _ any) bool { n++; return true })
+	return n
+}
+
+// StmtCacheMax and StmtCacheLen are its bounds.
+const StmtCacheMax, StmtCacheLen = stmtCacheMax, stmtCacheLen
 
 // KillPoolWait returns how often, and how long in all, MySQL kills waited
 // for one of the plugin's reserved kill connections.

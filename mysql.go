@@ -165,11 +165,11 @@ func (s *mysqlServer) bind(ctx context.Context, dc any, q querier) (session, err
 // max_statement_time for any read, MySQL's MAX_EXECUTION_TIME hint after
 // the top-level SELECT (merged into an optimizer-hint comment already
 // there).
-func (s *mysqlServer) limit(query string, si stmtInfo, remaining time.Duration) string {
+func (s *mysqlServer) limit(query string, si stmtInfo, until time.Time) string {
 	if !s.limits {
 		return query
 	}
-	ms := max(1, int64(math.Ceil(float64(remaining)/float64(time.Millisecond))))
+	ms := max(1, int64(math.Ceil(float64(time.Until(until))/float64(time.Millisecond))))
 	if s.mariadb {
 		var b [24]byte // seconds with three decimals, in one allocation with the rest
 		n := strconv.AppendInt(b[:0], ms/1000, 10)

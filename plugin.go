@@ -119,6 +119,7 @@ type Plugin struct {
 	reclaiming sync.WaitGroup // handed-off queries whose connections are not back
 	stats      counters       // atomics
 	names      names          // default query names
+	stmts      stmtCache      // what classify read from statement texts
 	tables     sync.Map       // reflect.Type -> table name, for default names
 	warned     sync.Map       // one-time warnings already logged
 }

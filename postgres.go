@@ -120,7 +120,7 @@ func pgConnOf(dc any) *pgconn.PgConn {
 	}
 }
 
-func (s *pgServer) limit(query string, _ stmtInfo, _ time.Duration) string { return query }
+func (s *pgServer) limit(query string, _ stmtInfo, _ time.Time) string { return query }
 
 func (s *pgServer) classify(err error) errKind {
 	var pe *pgconn.PgError

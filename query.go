@@ -209,7 +209,8 @@ func (q *query) endLocked(o outcome) (r Result, acts dests) {
 		return Result{}, nil
 	}
 	q.ended = true
-	r = Result{Name: q.displayName(), Optional: q.optional, Rows: q.rows, Waited: time.Since(q.rs.start)}
+	now := time.Since(q.rs.start)
+	r = Result{Name: q.displayName(), Optional: q.optional, Rows: q.rows, Waited: now}
 	err, cause := o.err, o.cause
 	switch {
 	case !o.started:
@@ -241,7 +242,7 @@ func (q *query) endLocked(o outcome) (r Result, acts dests) {
 	r.Killed = r.Status != Done && q.w.killed()
 	if q.started > 0 {
 		r.Waited = q.started + q.connWait
-		r.Ran = time.Since(q.rs.start) - q.started - q.connWait
+		r.Ran = now - q.started - q.connWait
 	}
 	*q.res = r
 	if r.Status == Done && q.pub[0].IsValid() {

@@ -1,6 +1,10 @@
 package gormbatch
 
-import "strings"
+import (
+	"strings"
+	"sync"
+	"sync/atomic"
+)
 
 // stmtInfo is what the plugin reads from a statement's text: whether it is
 // a read, and where its first SELECT keyword ends (for MySQL's
@@ -9,6 +13,42 @@ type stmtInfo struct {
 	read      bool
 	selectEnd int // offset just after the first SELECT keyword; -1 if none
 	hintAt    int // offset of a /*+ ... */ comment right after that SELECT; -1 if none
+}
+
+// stmtCache remembers classify's answers: GORM sends the same few
+// statement texts over and over, and a lookup costs a fraction of reading
+// one. It keeps at most stmtCacheMax texts of at most stmtCacheLen bytes
+// (then it reads new texts each time), so statements that inline their
+// values cannot grow it without bound.
+type stmtCache struct {
+	m    sync.Map    // statement text -> stmtInfo
+	full atomic.Bool // n reached stmtCacheMax
+	mu   sync.Mutex  // guards n
+	n    int         // entries in m
+}
+
+const (
+	stmtCacheMax = 512
+	stmtCacheLen = 1024
+)
+
+// classify returns classify(sql), from the cache when it can.
+func (c *stmtCache) classify(sql string) stmtInfo {
+	if v, ok := c.m.Load(sql); ok {
+		return v.(stmtInfo)
+	}
+	info := classify(sql)
+	if len(sql) <= stmtCacheLen && !c.full.Load() {
+		c.mu.Lock()
+		if c.n < stmtCacheMax {
+			if _, loaded := c.m.LoadOrStore(sql, info); !loaded {
+				c.n++
+			}
+		}
+		c.full.Store(c.n >= stmtCacheMax)
+		c.mu.Unlock()
+	}
+	return info
 }
 
 // kw is a keyword classify looks at.

@@ -2,6 +2,8 @@ package gormbatch_test
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/gormbatch/gormbatch"
@@ -94,6 +96,7 @@ func TestWritesRefused(t *testing.T) {
 
 // The classifier: what is a read, and where a statement can start.
 func TestClassifier(t *testing.T) {
+	var cache gormbatch.StmtCache
 	for q, read := range map[string]bool{
 		"SELECT 1":                             true,
 		"  select * from t":                    true,
@@ -139,6 +142,28 @@ func TestClassifier(t *testing.T) {
 		if got := gormbatch.IsRead(q); got != read {
 			t.Errorf("IsRead(%q) = %v, want %v", q, got, read)
 		}
+		for i := range 2 { // a miss, then a hit
+			if got := cache.IsRead(q); got != read {
+				t.Errorf("cached IsRead(%q) #%d = %v, want %v", q, i+1, got, read)
+			}
+		}
+	}
+}
+
+// The statement cache stops growing at its bounds and still answers.
+func TestStmtCacheBound(t *testing.T) {
+	var cache gormbatch.StmtCache
+	long := "SELECT " + strings.Repeat("1 + ", gormbatch.StmtCacheLen) + "1"
+	if !cache.IsRead(long) || cache.Len() != 0 {
+		t.Fatalf("a %d-byte text: read %v, cached %d texts; want read and not cached", len(long), cache.IsRead(long), cache.Len())
+	}
+	for i := range gormbatch.StmtCacheMax + 100 {
+		if !cache.IsRead(fmt.Sprintf("SELECT %d", i)) || cache.IsRead(fmt.Sprintf("DELETE FROM t WHERE id = %d", i)) {
+			t.Fatalf("text #%d misread", i)
+		}
+	}
+	if n := cache.Len(); n != gormbatch.StmtCacheMax {
+		t.Fatalf("cache holds %d texts, want its bound %d", n, gormbatch.StmtCacheMax)
 	}
 }
 
