@@ -104,8 +104,8 @@ func (fakeServer) bind(context.Context, any, querier) (session, error) {
 	return fakeSession{}, nil
 }
 func (fakeServer) limit(q string, _ stmtInfo, _ time.Time) string { return q }
-func (fakeServer) name() string                                       { return "fake" }
-func (fakeServer) close() error                                       { return nil }
+func (fakeServer) name() string                                   { return "fake" }
+func (fakeServer) close() error                                   { return nil }
 func (fakeServer) classify(err error) errKind {
 	switch {
 	case err != nil && strings.Contains(err.Error(), errFakeInterrupted.Error()):
